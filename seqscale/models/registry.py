@@ -66,7 +66,8 @@ def create(name: str, *, rngs: nnx.Rngs, **hparams: Any) -> nnx.Module:
   """
   ctor = lookup(name)
   try:
-    sig = inspect.signature(ctor)
+    # nnx.Module's metaclass hides a class's own signature behind (*args, **kwargs).
+    sig = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor)
   except (TypeError, ValueError):
     sig = None
   if sig is not None and not any(
