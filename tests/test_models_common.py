@@ -25,6 +25,9 @@ SMALL = {
     "bytenet": dict(in_features=I, hidden_features=D, num_layers=2),
     "convs2s": dict(in_features=I, hidden_features=D, num_layers=2),
     "cummean": dict(in_features=I, hidden_features=D),  # forks/example, via the registry
+    "mingru": dict(in_features=I, hidden_features=D, num_layers=2),
+    "minlstm": dict(in_features=I, hidden_features=D, num_layers=2),
+    "lru": dict(in_features=I, hidden_features=D, num_layers=2, state_features=6),
 }
 
 # (name, extra hparams) of every configuration whose causality is claimed.
@@ -33,7 +36,10 @@ CAUSAL = [("rnn", {}), ("lstm", {}), ("gru", {}), ("lstm", dict(num_layers=1)),
           ("transformer", dict(causal=True, local_window=2)),
           ("transformer", dict(causal=True, norm="pre", positions="learned")),
           ("wavenet", {}), ("transformer_seq2seq", {}), ("bytenet", {}), ("convs2s", {}),
-          ("transformer_lm", {})]
+          ("transformer_lm", {}),
+          ("mingru", {}), ("minlstm", {}), ("lru", {}), ("mingru", dict(log_space=True)),
+          ("minlstm", dict(log_space=True, mode="chunked", chunk_size=4)),
+          ("mingru", dict(mode="sequential")), ("lru", dict(mode="chunked", chunk_size=4))]
 NON_CAUSAL = [("lstm", dict(bidirectional=True)), ("gru", dict(bidirectional=True)),
               ("transformer", {}), ("transformer", dict(local_window=2))]
 
@@ -94,11 +100,14 @@ def _dependence(model, T):
     for s in range(T):
       t2 = tokens.copy()
       t2[0, s] = (t2[0, s] + 1) % V
-      dep[:, s] = np.abs(np.asarray(model(jnp.asarray(t2))) - base)[0].sum(-1)
+      dep[:, s] = np.abs(np.asarray(model(jnp.asarray(t2))) - base)[0].max(-1)
     return dep
 
+  # A fixed random projection, not a plain sum: a LayerNorm output sums to zero over features.
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(model.out_features,)), jnp.float32)
+
   def f(x):
-    return model(*inputs[:-1], x)[0].sum(-1)  # [T]
+    return model(*inputs[:-1], x)[0] @ w  # [T]
 
   jac = jax.jacrev(f)(inputs[-1])  # [T, B, T, I]
   return np.abs(np.asarray(jac[:, 0])).sum(-1)
@@ -126,7 +135,8 @@ def test_non_causal_models_see_the_future(name, extra):
 def test_seq2seq_encoder_sees_the_whole_source(name):
   model = _build(name)
   src, tgt = _inputs(model, T=6)
-  jac = jax.jacrev(lambda s: model(s, tgt)[0, 0].sum())(src)  # d y_0 / d src
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(model.out_features,)), jnp.float32)
+  jac = jax.jacrev(lambda s: model(s, tgt)[0, 0] @ w)(src)  # d y_0 / d src
   assert np.abs(np.asarray(jac[0, 1:])).max() > 0  # the first target position sees later src
 
 

@@ -13,5 +13,6 @@ from seqscale.models import transformer  # noqa: F401,E402
 from seqscale.models import wavenet  # noqa: F401,E402
 from seqscale.models import bytenet  # noqa: F401,E402
 from seqscale.models import convs2s  # noqa: F401,E402
+from seqscale.models import linear_rnn  # noqa: F401,E402
 
 __all__ = ["create", "lookup", "names", "register"]

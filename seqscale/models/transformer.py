@@ -1,0 +1,464 @@
+"""Transformer family (Vaswani et al. 2017): encoder, decoder-only, encoder-decoder, LM.
+
+Registered models:
+  transformer:          a sequence layer; `causal=False` is the encoder stack, `causal=True` a
+                        decoder-only stack (causal self-attention, no cross-attention) that
+                        steps with a key/value cache.
+  transformer_seq2seq:  encoder-decoder; the decoder has causal self-attention and
+                        cross-attention over the encoder output.
+  transformer_lm:       decoder-only language model over tokens (embedding, optional tied
+                        output projection), steps with a key/value cache.
+
+Dropout follows the paper (on each sub-layer output before the residual sum, and on the sum
+of embeddings and positions) and, as in PyTorch and tensor2tensor, on the attention weights;
+all at `dropout_rate`. `norm='post'` is the paper's LayerNorm(x + Sublayer(x)); `norm='pre'`
+is x + Sublayer(LayerNorm(x)) with a final LayerNorm after the stack.
+
+Shapes: B batch, T target/query length, S source length, I input features, D width,
+H heads, K head dim, F feed-forward width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from seqscale.models.registry import register
+from seqscale.ops import attention as attn_ops
+
+Array = jax.Array
+
+_NORMS = ("post", "pre")
+_POSITIONS = ("sinusoidal", "learned", "none")
+_LN_EPSILON = 1e-6
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
+
+
+def _check_common(*, hidden_features, num_layers, num_heads, ff_features, positions,
+                  max_length, norm, local_window, dropout_rate) -> int:
+  """Validates the keywords shared by the family; returns ff_features (default 4*D)."""
+  _check_int("hidden_features", hidden_features, 1)
+  _check_int("num_layers", num_layers, 1)
+  _check_int("num_heads", num_heads, 1)
+  if hidden_features % num_heads:
+    raise ValueError(
+        f"hidden_features={hidden_features!r}: must be divisible by num_heads={num_heads!r}")
+  ff_features = 4 * hidden_features if ff_features is None else ff_features
+  _check_int("ff_features", ff_features, 1)
+  if positions not in _POSITIONS:
+    raise ValueError(f"positions={positions!r}: must be one of {_POSITIONS}")
+  _check_int("max_length", max_length, 1)
+  if norm not in _NORMS:
+    raise ValueError(f"norm={norm!r}: must be one of {_NORMS}")
+  if local_window is not None:
+    _check_int("local_window", local_window, 0)
+  if not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"dropout_rate={dropout_rate!r}: must be a float in [0, 1)")
+  return ff_features
+
+
+# ---------------------------------------------------------------------------------------
+# Attention
+
+
+class _Dense(nnx.Module):
+  """A kernel and a bias, in `nnx.LinearGeneral`'s layout (so Flax weights copy across)."""
+
+  def __init__(self, kernel_shape: tuple[int, ...], bias_shape: tuple[int, ...],
+               fan_in: int, *, rngs: nnx.Rngs):
+    fan_out = math.prod(kernel_shape) // fan_in
+    init = nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(), (fan_in, fan_out)).reshape(kernel_shape))
+    self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32))
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention owning its projections; the math is `ops.dot_product_attention`.
+
+  Parameters mirror `flax.nnx.MultiHeadAttention`: `query`, `key`, `value` kernels [D, H, K]
+  with biases [H, K], `out` kernel [H, K, D_out] with bias [D_out]; copy them with
+  `nnx.update(ours, nnx.state(flax_mha, nnx.Param))`.
+  """
+
+  def __init__(self, in_features: int, num_heads: int, *, qkv_features: int | None = None,
+               out_features: int | None = None, in_kv_features: int | None = None,
+               dropout_rate: float = 0.0, dtype: Any = None, rngs: nnx.Rngs):
+    qkv_features = in_features if qkv_features is None else qkv_features
+    out_features = in_features if out_features is None else out_features
+    in_kv_features = in_features if in_kv_features is None else in_kv_features
+    if qkv_features % num_heads:
+      raise ValueError(
+          f"qkv_features={qkv_features!r}: must be divisible by num_heads={num_heads!r}")
+    H, K = num_heads, qkv_features // num_heads
+    self.num_heads, self.head_dim, self.dtype = H, K, dtype
+    self.query = _Dense((in_features, H, K), (H, K), in_features, rngs=rngs)
+    self.key = _Dense((in_kv_features, H, K), (H, K), in_kv_features, rngs=rngs)
+    self.value = _Dense((in_kv_features, H, K), (H, K), in_kv_features, rngs=rngs)
+    self.out = _Dense((H, K, out_features), (out_features,), H * K, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
+
+  def _proj(self, dense: _Dense, x_BTD: Array) -> Array:
+    kernel, bias = dense.kernel[...], dense.bias[...]
+    if self.dtype is not None:
+      x_BTD, kernel, bias = (a.astype(self.dtype) for a in (x_BTD, kernel, bias))
+    return attn_ops.project_heads(x_BTD, kernel, bias)
+
+  def project_q(self, x_BTD: Array) -> Array:
+    """Queries q_BTHK."""
+    return self._proj(self.query, x_BTD)
+
+  def project_kv(self, x_BSD: Array) -> tuple[Array, Array]:
+    """Keys and values k_BSHK, v_BSHK."""
+    return self._proj(self.key, x_BSD), self._proj(self.value, x_BSD)
+
+  def attend(self, q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, **mask_kwargs) -> Array:
+    """Attention over given keys/values then the output projection -> y_BTD.
+
+    `mask_kwargs` are those of `ops.attention.dot_product_attention` (causal,
+    key_padding_mask_BS, local_window, mask, query_offset).
+    """
+    o_BTHK = attn_ops.dot_product_attention(
+        q_BTHK, k_BSHK, v_BSHK, dropout_fn=self.dropout, **mask_kwargs)
+    kernel, bias = self.out.kernel[...], self.out.bias[...]
+    if self.dtype is not None:
+      kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    return attn_ops.merge_heads(o_BTHK, kernel, bias)
+
+  def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
+               mask: Array | None = None, causal: bool = False,
+               key_padding_mask_BS: Array | None = None, local_window: int | None = None,
+               query_offset: int | Array = 0) -> Array:
+    """Self-attention (inputs_q [B, T, D]) or cross-attention (inputs_kv [B, S, D_kv]).
+
+    `mask` is bool broadcastable to [B, H, T, S], True where attention is allowed.
+    """
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+    k_BSHK, v_BSHK = self.project_kv(inputs_kv)
+    return self.attend(
+        self.project_q(inputs_q), k_BSHK, v_BSHK, mask=mask, causal=causal,
+        key_padding_mask_BS=key_padding_mask_BS, local_window=local_window,
+        query_offset=query_offset)
+
+
+# ---------------------------------------------------------------------------------------
+# Layers and stacks
+
+
+class _FeedForward(nnx.Module):
+  """FFN(x) = max(0, x W1 + b1) W2 + b2, position-wise."""
+
+  def __init__(self, D: int, F: int, *, dtype: Any, rngs: nnx.Rngs):
+    self.linear1 = nnx.Linear(D, F, dtype=dtype, rngs=rngs)
+    self.linear2 = nnx.Linear(F, D, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    return self.linear2(jax.nn.relu(self.linear1(x)))
+
+
+class _Layer(nnx.Module):
+  """Self-attention (optionally causal/windowed), optional cross-attention, feed-forward."""
+
+  def __init__(self, D: int, H: int, F: int, *, causal: bool, cross_attention: bool,
+               local_window: int | None, norm: str, dropout_rate: float, dtype: Any,
+               rngs: nnx.Rngs):
+    self.causal, self.local_window, self.norm_position = causal, local_window, norm
+    ln = lambda: nnx.LayerNorm(D, epsilon=_LN_EPSILON, dtype=dtype, rngs=rngs)
+    self.self_attn = MultiHeadAttention(D, H, dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+    self.self_attn_norm = ln()
+    if cross_attention:
+      self.cross_attn = MultiHeadAttention(
+          D, H, dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+      self.cross_attn_norm = ln()
+    else:
+      self.cross_attn = self.cross_attn_norm = None
+    self.ff = _FeedForward(D, F, dtype=dtype, rngs=rngs)
+    self.ff_norm = ln()
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def _pre(self, x: Array, norm: nnx.LayerNorm) -> Array:
+    return norm(x) if self.norm_position == "pre" else x
+
+  def _post(self, x: Array, y: Array, norm: nnx.LayerNorm) -> Array:
+    x = x + self.dropout(y)
+    return norm(x) if self.norm_position == "post" else x
+
+  def _cross_and_ff(self, x_BTD: Array, memory_kv, memory_mask_BS) -> Array:
+    if self.cross_attn is not None:
+      q_BTHK = self.cross_attn.project_q(self._pre(x_BTD, self.cross_attn_norm))
+      y = self.cross_attn.attend(q_BTHK, *memory_kv, key_padding_mask_BS=memory_mask_BS)
+      x_BTD = self._post(x_BTD, y, self.cross_attn_norm)
+    return self._post(x_BTD, self.ff(self._pre(x_BTD, self.ff_norm)), self.ff_norm)
+
+  def __call__(self, x_BTD: Array, *, mask_BT: Array | None = None,
+               memory_BSD: Array | None = None, memory_mask_BS: Array | None = None) -> Array:
+    y = self.self_attn(self._pre(x_BTD, self.self_attn_norm), causal=self.causal,
+                       key_padding_mask_BS=mask_BT, local_window=self.local_window)
+    x_BTD = self._post(x_BTD, y, self.self_attn_norm)
+    memory_kv = None if self.cross_attn is None else self.cross_attn.project_kv(memory_BSD)
+    return self._cross_and_ff(x_BTD, memory_kv, memory_mask_BS)
+
+  def step(self, x_BD: Array, cache: dict[str, Array], index: Array,
+           memory_mask_BS: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """One causal step: writes this position's k/v into the cache at `index`, attends."""
+    h_BTD = self._pre(x_BD, self.self_attn_norm)[:, None]  # T = 1
+    q_BTHK = self.self_attn.project_q(h_BTD)
+    k_BTHK, v_BTHK = self.self_attn.project_kv(h_BTD)
+    write = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
+        c, new.astype(c.dtype), index, axis=1)
+    cache = dict(cache, k=write(cache["k"], k_BTHK), v=write(cache["v"], v_BTHK))
+    y = self.self_attn.attend(q_BTHK, cache["k"], cache["v"], causal=True,
+                              local_window=self.local_window, query_offset=index)
+    x_BTD = self._post(x_BD[:, None], y, self.self_attn_norm)
+    memory_kv = None if self.cross_attn is None else (cache["cross_k"], cache["cross_v"])
+    return self._cross_and_ff(x_BTD, memory_kv, memory_mask_BS)[:, 0], cache
+
+
+class _Stack(nnx.Module):
+  """Positions, dropout, `num_layers` layers and (pre-LN only) a final LayerNorm."""
+
+  def __init__(self, D: int, *, num_layers: int, num_heads: int, ff_features: int,
+               causal: bool, cross_attention: bool, positions: str, max_length: int,
+               norm: str, local_window: int | None, dropout_rate: float, dtype: Any,
+               rngs: nnx.Rngs):
+    self.D, self.causal, self.positions, self.max_length = D, causal, positions, max_length
+    self.dtype = dtype
+    self.position_embed = (
+        nnx.Embed(max_length, D, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        if positions == "learned" else None)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.layers = nnx.List([
+        _Layer(D, num_heads, ff_features, causal=causal, cross_attention=cross_attention,
+               local_window=local_window, norm=norm, dropout_rate=dropout_rate, dtype=dtype,
+               rngs=rngs) for _ in range(num_layers)])
+    self.final_norm = (nnx.LayerNorm(D, epsilon=_LN_EPSILON, dtype=dtype, rngs=rngs)
+                       if norm == "pre" else None)
+
+  def _add_positions(self, h_BTD: Array, offset: int | Array) -> Array:
+    T = h_BTD.shape[1]
+    if self.positions == "sinusoidal":
+      h_BTD = h_BTD + attn_ops.sinusoidal_positions(T, self.D, offset=offset).astype(h_BTD.dtype)
+    elif self.positions == "learned":
+      table = self.position_embed.embedding[...]
+      h_BTD = h_BTD + jax.lax.dynamic_slice_in_dim(table, offset, T).astype(h_BTD.dtype)
+    return self.dropout(h_BTD)
+
+  def _finish(self, h: Array) -> Array:
+    return h if self.final_norm is None else self.final_norm(h)
+
+  def __call__(self, h_BTD: Array, *, mask_BT: Array | None = None,
+               memory_BSD: Array | None = None, memory_mask_BS: Array | None = None) -> Array:
+    if self.positions == "learned" and h_BTD.shape[1] > self.max_length:
+      raise ValueError(f"length {h_BTD.shape[1]} exceeds max_length={self.max_length} of the "
+                       "learned positions; construct the model with a larger max_length")
+    h_BTD = self._add_positions(h_BTD, 0)
+    for layer in self.layers:
+      h_BTD = layer(h_BTD, mask_BT=mask_BT, memory_BSD=memory_BSD,
+                    memory_mask_BS=memory_mask_BS)
+    return self._finish(h_BTD)
+
+  def require_causal(self) -> None:
+    if not self.causal:
+      raise ValueError("a non-causal (causal=False) transformer cannot step: every output "
+                       "depends on future inputs; construct it with causal=True")
+
+  def init_state(self, batch_size: int, max_length: int | None,
+                 memory_BSD: Array | None = None,
+                 memory_mask_BS: Array | None = None) -> dict[str, Any]:
+    self.require_causal()
+    max_length = self.max_length if max_length is None else max_length
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_length", max_length, 1)
+    if self.positions == "learned" and max_length > self.max_length:
+      raise ValueError(f"max_length={max_length!r}: must be <= the model's max_length="
+                       f"{self.max_length} (learned positions)")
+    layer0 = self.layers[0].self_attn
+    shape = (batch_size, max_length, layer0.num_heads, layer0.head_dim)
+    dtype = jnp.float32 if self.dtype is None else self.dtype
+    caches = []
+    for layer in self.layers:
+      cache = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+      if layer.cross_attn is not None:
+        # Cross-attention keys/values depend only on the source: computed once.
+        cache["cross_k"], cache["cross_v"] = layer.cross_attn.project_kv(memory_BSD)
+      caches.append(cache)
+    state = {"index": jnp.zeros((), jnp.int32), "layers": caches}
+    if memory_mask_BS is not None:
+      state["memory_mask_BS"] = jnp.asarray(memory_mask_BS, bool)
+    return state
+
+  def step(self, h_BD: Array, state: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
+    # Steps past the cache length are not checked (they cannot be under jit): the write
+    # would be clamped to the last slot. Size the cache with init_state(max_length=...).
+    self.require_causal()
+    index = state["index"]
+    h_BD = self._add_positions(h_BD[:, None], index)[:, 0]
+    caches = []
+    for layer, cache in zip(self.layers, state["layers"]):
+      h_BD, cache = layer.step(h_BD, cache, index, state.get("memory_mask_BS"))
+      caches.append(cache)
+    return self._finish(h_BD), dict(state, index=index + 1, layers=caches)
+
+
+# ---------------------------------------------------------------------------------------
+# Registered models
+
+
+@register("transformer")
+class Transformer(nnx.Module):
+  """Transformer stack as a sequence layer: x_BTI -> y_BTD.
+
+  `causal=False` is the encoder (every output sees every unmasked input); `causal=True` is a
+  decoder-only stack that steps with a key/value cache. `local_window=r` restricts
+  self-attention to |t - s| <= r (t - r <= s <= t when causal).
+  """
+
+  interface = "sequence"
+
+  def __init__(self, in_features: int, hidden_features: int, num_layers: int = 2,
+               num_heads: int = 4, ff_features: int | None = None, causal: bool = False,
+               positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
+               local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
+               *, rngs: nnx.Rngs):
+    _check_int("in_features", in_features, 1)
+    ff_features = _check_common(
+        hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
+        ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
+        local_window=local_window, dropout_rate=dropout_rate)
+    kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
+              max_length=max_length, norm=norm, local_window=local_window,
+              dropout_rate=dropout_rate, dtype=dtype)
+    self.causal, self.out_features = bool(causal), hidden_features
+    self.embed = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
+    self.stack = _Stack(hidden_features, ff_features=ff_features, causal=self.causal,
+                        cross_attention=False, rngs=rngs, **kw)
+
+  def __call__(self, x_BTI: Array, *, mask: Array | None = None) -> Array:
+    """x_BTI, mask bool [B, T] (True = valid) -> y_BTD."""
+    return self.stack(self.embed(x_BTI), mask_BT=mask)
+
+  def init_state(self, batch_size: int, max_length: int | None = None) -> dict[str, Any]:
+    """KV caches [B, max_length, H, K] per layer and a position index (causal only)."""
+    return self.stack.init_state(batch_size, max_length)
+
+  def step(self, x_BI: Array, state: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
+    """One time step: x_BI -> y_BD (causal only)."""
+    self.stack.require_causal()
+    return self.stack.step(self.embed(x_BI), state)
+
+
+@register("transformer_seq2seq")
+class TransformerSeq2Seq(nnx.Module):
+  """Encoder-decoder Transformer: (src_BSI, tgt_BTI) -> y_BTD (decoder states, no vocab).
+
+  The decoder is causal over the target (already shifted by the caller). Stepping:
+  `init_state(B, max_length, src_BSI=..., src_mask=...)` encodes the source once.
+  """
+
+  interface = "seq2seq"
+
+  def __init__(self, in_features: int, hidden_features: int, num_layers: int = 2,
+               num_heads: int = 4, ff_features: int | None = None,
+               positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
+               local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
+               tgt_in_features: int | None = None, *, rngs: nnx.Rngs):
+    tgt_in_features = in_features if tgt_in_features is None else tgt_in_features
+    _check_int("in_features", in_features, 1)
+    _check_int("tgt_in_features", tgt_in_features, 1)
+    ff_features = _check_common(
+        hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
+        ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
+        local_window=local_window, dropout_rate=dropout_rate)
+    kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
+              max_length=max_length, norm=norm, local_window=local_window,
+              dropout_rate=dropout_rate, dtype=dtype)
+    self.causal, self.out_features = True, hidden_features
+    self.src_embed = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
+    self.encoder = _Stack(hidden_features, ff_features=ff_features, causal=False,
+                          cross_attention=False, rngs=rngs, **kw)
+    self.tgt_embed = nnx.Linear(tgt_in_features, hidden_features, dtype=dtype, rngs=rngs)
+    self.decoder = _Stack(hidden_features, ff_features=ff_features, causal=True,
+                          cross_attention=True, rngs=rngs, **kw)
+
+  def encode(self, src_BSI: Array, *, src_mask: Array | None = None) -> Array:
+    """Encoder output memory_BSD."""
+    return self.encoder(self.src_embed(src_BSI), mask_BT=src_mask)
+
+  def __call__(self, src_BSI: Array, tgt_BTI: Array, *, src_mask: Array | None = None,
+               tgt_mask: Array | None = None) -> Array:
+    """Masks are bool [B, S] / [B, T], True at valid positions -> y_BTD."""
+    memory_BSD = self.encode(src_BSI, src_mask=src_mask)
+    return self.decoder(self.tgt_embed(tgt_BTI), mask_BT=tgt_mask, memory_BSD=memory_BSD,
+                        memory_mask_BS=src_mask)
+
+  def init_state(self, batch_size: int, max_length: int | None = None, *, src_BSI: Array,
+                 src_mask: Array | None = None) -> dict[str, Any]:
+    """Encodes the source; returns decoder KV caches, cross-attention K/V and an index."""
+    memory_BSD = self.encode(src_BSI, src_mask=src_mask)
+    return self.decoder.init_state(batch_size, max_length, memory_BSD, src_mask)
+
+  def step(self, tgt_BI: Array, state: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
+    """One target step: tgt_BI -> y_BD."""
+    return self.decoder.step(self.tgt_embed(tgt_BI), state)
+
+
+@register("transformer_lm")
+class TransformerLM(nnx.Module):
+  """Decoder-only Transformer language model: tokens_BT -> logits_BTV.
+
+  Embeddings are scaled by sqrt(D) as in the paper; `tie_embeddings` reuses the embedding
+  matrix as the output projection.
+  """
+
+  interface = "lm"
+
+  def __init__(self, vocab_size: int, hidden_features: int, num_layers: int = 2,
+               num_heads: int = 4, ff_features: int | None = None,
+               positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
+               local_window: int | None = None, dropout_rate: float = 0.0,
+               tie_embeddings: bool = True, dtype: Any = None, *, rngs: nnx.Rngs):
+    _check_int("vocab_size", vocab_size, 1)
+    ff_features = _check_common(
+        hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
+        ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
+        local_window=local_window, dropout_rate=dropout_rate)
+    kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
+              max_length=max_length, norm=norm, local_window=local_window,
+              dropout_rate=dropout_rate, dtype=dtype)
+    self.causal, self.out_features = True, vocab_size
+    self.embed = nnx.Embed(vocab_size, hidden_features, dtype=dtype, rngs=rngs)
+    self.stack = _Stack(hidden_features, ff_features=ff_features, causal=True,
+                        cross_attention=False, rngs=rngs, **kw)
+    self.head = (None if tie_embeddings else
+                 nnx.Linear(hidden_features, vocab_size, dtype=dtype, rngs=rngs))
+
+  def _embed(self, tokens: Array) -> Array:
+    return self.embed(tokens) * math.sqrt(self.embed.features)
+
+  def _logits(self, h: Array) -> Array:
+    return self.embed.attend(h) if self.head is None else self.head(h)
+
+  def __call__(self, tokens_BT: Array) -> Array:
+    """tokens_BT (int) -> logits_BTV."""
+    return self._logits(self.stack(self._embed(tokens_BT)))
+
+  def init_state(self, batch_size: int, max_length: int | None = None) -> dict[str, Any]:
+    """KV caches [B, max_length, H, K] per layer and a position index."""
+    return self.stack.init_state(batch_size, max_length)
+
+  def step(self, tokens_B: Array, state: dict[str, Any]) -> tuple[Array, dict[str, Any]]:
+    """One token per sequence: tokens_B -> logits_BV."""
+    h_BD, state = self.stack.step(self._embed(tokens_B), state)
+    return self._logits(h_BD), state

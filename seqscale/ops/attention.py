@@ -1,0 +1,157 @@
+"""Scaled dot-product attention, its masks, head projections and sinusoidal positions.
+
+Pure JAX functions of arrays (no Flax). Shapes follow the DESIGN.md legend: B batch, T query
+length, S key length, D width, H heads, K head dim.
+
+Attention connects every pair of positions in one parallel step (Vaswani et al. 2017):
+
+  scores_BHTS = einsum('BTHK,BSHK->BHTS', q, k) / sqrt(K)
+  weights_BHTS = softmax over S (in float32, whatever the input dtype)
+  out_BTHK = einsum('BHTS,BSHK->BTHK', weights, v)
+
+Masks are boolean with True where a query may attend to a key. A query row whose keys are
+all masked gets zero weights and therefore a zero output (never NaN).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+# A large finite negative rather than -inf: `x - max(x)` stays finite even in a fully
+# masked row, so neither the softmax nor its gradient can produce NaN.
+_MASKED_SCORE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def make_attention_mask(
+    T: int,
+    S: int,
+    *,
+    causal: bool = False,
+    key_padding_mask_BS: Array | None = None,
+    local_window: int | None = None,
+    query_offset: int | Array = 0,
+    mask: Array | None = None,
+) -> Array:
+  """Combines the attention masks into one boolean mask, True where attention is allowed.
+
+  Query t sits at position `query_offset + t`; key s at position s. Then:
+    causal: s <= query_offset + t;
+    local_window r (restricted self-attention, Vaswani 2017 Table 1): |query_offset + t - s|
+      <= r, which with `causal` gives query_offset + t - r <= s <= query_offset + t;
+    key_padding_mask_BS: bool [B, S], True at valid keys.
+
+  Args:
+    T: number of queries.
+    S: number of keys.
+    causal: mask keys after each query's position.
+    key_padding_mask_BS: bool [B, S], True at valid keys.
+    local_window: r >= 0, or None for no window.
+    query_offset: position of the first query (an int or a traced int scalar); used when
+      decoding with a key/value cache, where S is the cache length.
+    mask: an extra bool mask broadcastable to [B, H, T, S], True where allowed.
+
+  Returns:
+    bool [B|1, 1|H, T, S] (B if a per-batch mask is given, H if `mask` has heads).
+  """
+  if local_window is not None and local_window < 0:
+    raise ValueError(f"local_window={local_window!r}: must be None or an int >= 0")
+  t_pos = jnp.asarray(query_offset, jnp.int32) + jnp.arange(T, dtype=jnp.int32)
+  s_pos = jnp.arange(S, dtype=jnp.int32)
+  delta_TS = t_pos[:, None] - s_pos[None, :]  # query position minus key position
+  allowed = jnp.ones((1, 1, T, S), dtype=bool)
+  if causal:
+    allowed = allowed & (delta_TS >= 0)[None, None]
+  if local_window is not None:
+    allowed = allowed & (jnp.abs(delta_TS) <= local_window)[None, None]
+  if key_padding_mask_BS is not None:
+    allowed = allowed & jnp.asarray(key_padding_mask_BS, bool)[:, None, None, :]
+  if mask is not None:
+    allowed = allowed & jnp.asarray(mask, bool)
+  return allowed
+
+
+def dot_product_attention(
+    q_BTHK: Array,
+    k_BSHK: Array,
+    v_BSHK: Array,
+    *,
+    causal: bool = False,
+    key_padding_mask_BS: Array | None = None,
+    local_window: int | None = None,
+    mask: Array | None = None,
+    query_offset: int | Array = 0,
+    scale: float | None = None,
+    dropout_fn: Callable[[Array], Array] | None = None,
+) -> Array:
+  """Multi-head scaled dot-product attention.
+
+  Args:
+    q_BTHK: queries.
+    k_BSHK: keys.
+    v_BSHK: values.
+    causal, key_padding_mask_BS, local_window, mask, query_offset: see
+      `make_attention_mask`.
+    scale: multiplies the scores; default 1/sqrt(K).
+    dropout_fn: applied to the attention weights_BHTS (e.g. an `nnx.Dropout`); None for none.
+
+  Returns:
+    out_BTHK in the dtype of `q_BTHK`. Rows with every key masked are zeros.
+  """
+  T, S, K = q_BTHK.shape[1], k_BSHK.shape[1], q_BTHK.shape[-1]
+  scale = 1.0 / np.sqrt(K) if scale is None else scale
+  # Scores and softmax in float32: low-precision inputs would lose the small weights.
+  scores_BHTS = jnp.einsum(
+      'BTHK,BSHK->BHTS', q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
+  scores_BHTS = scores_BHTS.astype(jnp.float32) * scale
+  masked = (causal or key_padding_mask_BS is not None or local_window is not None
+            or mask is not None)
+  if masked:
+    allowed = make_attention_mask(
+        T, S, causal=causal, key_padding_mask_BS=key_padding_mask_BS,
+        local_window=local_window, query_offset=query_offset, mask=mask)
+    scores_BHTS = jnp.where(allowed, scores_BHTS, _MASKED_SCORE)
+  weights_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
+  if masked:
+    # A fully masked row would otherwise be uniform over masked keys; make it zero.
+    weights_BHTS = jnp.where(allowed, weights_BHTS, 0.0)
+  weights_BHTS = weights_BHTS.astype(v_BSHK.dtype)
+  if dropout_fn is not None:
+    weights_BHTS = dropout_fn(weights_BHTS)
+  out_BTHK = jnp.einsum('BHTS,BSHK->BTHK', weights_BHTS, v_BSHK)
+  return out_BTHK.astype(q_BTHK.dtype)
+
+
+def project_heads(x_BTD: Array, kernel_DHK: Array, bias_HK: Array | None = None) -> Array:
+  """Projects features to heads: x_BTD @ kernel_DHK (+ bias_HK) -> BTHK."""
+  y_BTHK = jnp.einsum('BTD,DHK->BTHK', x_BTD, kernel_DHK)
+  return y_BTHK if bias_HK is None else y_BTHK + bias_HK
+
+
+def merge_heads(x_BTHK: Array, kernel_HKD: Array, bias_D: Array | None = None) -> Array:
+  """Projects heads back to features: x_BTHK @ kernel_HKD (+ bias_D) -> BTD."""
+  y_BTD = jnp.einsum('BTHK,HKD->BTD', x_BTHK, kernel_HKD)
+  return y_BTD if bias_D is None else y_BTD + bias_D
+
+
+def sinusoidal_positions(
+    T: int, D: int, *, offset: int | Array = 0, max_timescale: float = 10000.0) -> Array:
+  """Sinusoidal position encodings of Vaswani et al. (2017), section 3.5.
+
+  PE[pos, 2i] = sin(pos / max_timescale^(2i/D)), PE[pos, 2i+1] = cos(same), for positions
+  pos = offset, ..., offset + T - 1 (`offset` may be a traced int scalar).
+
+  Returns:
+    float32 [T, D].
+  """
+  pos_T = jnp.asarray(offset, jnp.float32) + jnp.arange(T, dtype=jnp.float32)
+  two_i = jnp.arange(0, D, 2, dtype=jnp.float32)  # 2i for i = 0 .. ceil(D/2) - 1
+  angles_TI = pos_T[:, None] / jnp.power(max_timescale, two_i / D)[None, :]
+  # Interleave sin (even features) and cos (odd features), then drop the extra for odd D.
+  pe_TI2 = jnp.stack([jnp.sin(angles_TI), jnp.cos(angles_TI)], axis=-1)
+  return pe_TI2.reshape(T, -1)[:, :D]
