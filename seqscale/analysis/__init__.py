@@ -28,3 +28,4 @@ from seqscale.analysis.paths import max_path_length
 from seqscale.analysis.paths import path_length_by_layers
 from seqscale.analysis.paths import path_length_by_mixing
 from seqscale.analysis.paths import reachability
+from seqscale.analysis import running_sum  # the seed's running sum three ways; crossover
