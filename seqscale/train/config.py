@@ -1,0 +1,117 @@
+"""The trainer's configuration: defaults, allowed fields and value checks.
+
+Experiment configs (``experiments/configs/*.py``) name every field they care about; fields
+they leave out take the defaults below. ``config.task`` (apart from ``name``) holds the
+task's own keyword arguments and ``config.model.hparams`` the model's constructor keywords:
+both are checked by the task and the model themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+STRATEGIES = ("jit", "pmap")
+SCHEDULES = ("cosine", "rsqrt", "constant")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+POOLINGS = ("mean", "last")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every trainer field with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # parameter init, dropout and data order
+  c.task = ml_collections.ConfigDict({"name": "running_sum"})  # name + task kwargs
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "lstm"  # registry name or 'package.module:Class'
+  c.model.hparams = ml_collections.ConfigDict()  # constructor keywords
+  c.model.pooling = "mean"  # pooled tasks: mean over valid positions | last valid position
+  c.batch_size = 32  # global batch (all devices and hosts)
+  c.eval_batch_size = 0  # 0: same as batch_size
+  c.num_steps = 1000  # training steps
+  c.log_every = 50  # steps between metrics lines
+  c.eval_every = 0  # steps between evaluations; 0: only at the end
+  c.checkpoint_every = 500  # steps between checkpoints; the last step is always saved
+  c.keep_checkpoints = 3  # keep the last N checkpoints
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"  # adamw | adam | sgd
+  c.optimizer.learning_rate = 1e-3  # peak rate (a multiplier for 'rsqrt')
+  c.optimizer.schedule = "cosine"  # cosine | rsqrt | constant, all with linear warmup
+  c.optimizer.warmup_steps = 100
+  c.optimizer.final_fraction = 0.0  # cosine ends at learning_rate * final_fraction
+  c.optimizer.model_dim = 0  # d in rsqrt's d^-0.5; 0: hparams.hidden_features
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0  # adamw, on matrices only
+  c.optimizer.clip_norm = 1.0  # global gradient-norm clip; 0: off
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = "jit"  # jit (mesh + NamedSharding) | pmap
+  c.parallel.num_devices = 0  # devices to use (jit, one process); 0: all
+  c.parallel.coordinator_address = ""  # multi-host 'host:port'; '' reads JAX_COORDINATOR_ADDRESS
+  c.parallel.num_processes = 0  # 0 reads JAX_NUM_PROCESSES
+  c.parallel.process_id = -1  # -1 reads JAX_PROCESS_ID
+  return c
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any], prefix: str,
+           free: tuple[str, ...]) -> dict[str, Any]:
+  out = dict(defaults)
+  for key, value in given.items():
+    path = f"{prefix}{key}"
+    if key not in defaults:
+      raise ValueError(f"unknown config field {path!r}; allowed fields under "
+                       f"{prefix.rstrip('.') or 'config'}: {', '.join(sorted(defaults))}")
+    if isinstance(defaults[key], dict) and path not in free:
+      if not isinstance(value, dict):
+        raise ValueError(f"config field {path!r} must be a group of fields, got {value!r}")
+      out[key] = _merge(defaults[key], value, path + ".", free)
+    else:
+      out[key] = value
+  return out
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"config.{name}={value!r}; must be an integer >= {minimum}")
+
+
+def validate(config: ml_collections.ConfigDict | dict[str, Any]) -> ml_collections.ConfigDict:
+  """Returns ``config`` filled with defaults; raises ValueError naming a bad field or value."""
+  given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  c = _merge(default_config().to_dict(), given, "", free=("task", "model.hparams"))
+  if not isinstance(c["task"].get("name"), str) or not c["task"]["name"]:
+    raise ValueError(f"config.task.name={c['task'].get('name')!r}; must be a task name")
+  if not isinstance(c["model"]["name"], str) or not c["model"]["name"]:
+    raise ValueError(f"config.model.name={c['model']['name']!r}; must be a model name")
+  for key, value in c["task"].items():
+    if key == "length" or key.endswith("_length"):
+      _positive_int(f"task.{key}", value)
+  _positive_int("batch_size", c["batch_size"])
+  _positive_int("eval_batch_size", c["eval_batch_size"], 0)
+  _positive_int("num_steps", c["num_steps"], 0)
+  _positive_int("log_every", c["log_every"])
+  _positive_int("eval_every", c["eval_every"], 0)
+  _positive_int("checkpoint_every", c["checkpoint_every"], 0)
+  _positive_int("keep_checkpoints", c["keep_checkpoints"])
+  if c["model"]["pooling"] not in POOLINGS:
+    raise ValueError(f"config.model.pooling={c['model']['pooling']!r}; allowed: "
+                     f"{', '.join(POOLINGS)}")
+  opt, par = c["optimizer"], c["parallel"]
+  if opt["name"] not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={opt['name']!r}; allowed: {', '.join(OPTIMIZERS)}")
+  if opt["schedule"] not in SCHEDULES:
+    raise ValueError(
+        f"config.optimizer.schedule={opt['schedule']!r}; allowed: {', '.join(SCHEDULES)}")
+  _positive_int("optimizer.warmup_steps", opt["warmup_steps"], 0)
+  if opt["schedule"] == "rsqrt" and opt["warmup_steps"] < 1:
+    raise ValueError("config.optimizer.warmup_steps=0; the rsqrt schedule needs warmup_steps >= 1")
+  for key in ("learning_rate", "clip_norm", "weight_decay"):
+    if not isinstance(opt[key], (int, float)) or opt[key] < 0:
+      raise ValueError(f"config.optimizer.{key}={opt[key]!r}; must be a number >= 0")
+  if par["strategy"] not in STRATEGIES:
+    raise ValueError(
+        f"config.parallel.strategy={par['strategy']!r}; allowed: {', '.join(STRATEGIES)}")
+  _positive_int("parallel.num_devices", par["num_devices"], 0)
+  return ml_collections.ConfigDict(c)

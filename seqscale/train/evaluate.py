@@ -1,0 +1,75 @@
+"""Evaluation on every split: one pass each, weighted sums added up, then means."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from seqscale.train import losses
+from seqscale.train import step as step_lib
+
+SEQ2SEQ_KEYS = ("src", "src_mask", "tgt_in", "tgt_mask", "tgt_out", "tgt_weights")
+SEQUENCE_KEYS = ("inputs", "mask", "targets", "weights")
+QA_KEYS = ("story", "query", "targets", "weights")
+
+
+def select(batch: dict[str, Any], interface: str) -> dict[str, np.ndarray]:
+  """The fields of a task batch that a model of ``interface`` reads (see CONTRACT.md)."""
+  keys = {"seq2seq": SEQ2SEQ_KEYS, "qa": QA_KEYS}.get(interface, SEQUENCE_KEYS)
+  return {k: np.asarray(batch[k]) for k in keys if k in batch}
+
+
+class Evaluator:
+  """``evaluator(state) -> {split: {length, loss, accuracy, seq_accuracy, weight}}``.
+
+  ``weight`` is the number of counted positions (per-position tasks) or examples (pooled);
+  ``compile_time`` adds up the ahead-of-time compilations (one per batch shape).
+  """
+
+  def __init__(self, task: Any, strategy: Any, graphdef: nnx.GraphDef, interface: str,
+               batch_size: int, seed: int, shard: dict[str, int]):
+    self.task, self.strategy, self.interface = task, strategy, interface
+    self.batch_size, self.seed, self.shard = batch_size, seed, shard
+    self.step = step_lib.make_eval_step(graphdef, strategy.axis_name)
+    self.compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+    self.compile_time = 0.0
+
+  def _compiled(self, state: Any, batch: dict[str, np.ndarray]) -> Callable[..., Any]:
+    key = tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items()))
+    if key not in self.compiled:
+      self.compiled[key], seconds = self.strategy.compile(
+          self.step, state, self.strategy.put_batch(batch), donate_state=False)
+      self.compile_time += seconds
+    return self.compiled[key]
+
+  def split(self, state: Any, split: str) -> dict[str, float]:
+    ds = self.task.dataset(split, batch_size=self.batch_size, seed=self.seed, **self.shard)
+    pending = []  # dispatched asynchronously, read once at the end
+    for i in range(len(ds)):
+      batch = select(ds[i], self.interface)
+      pending.append(self._compiled(state, batch)(state, self.strategy.put_batch(batch)))
+    totals: dict[str, float] = {}
+    for sums in self.strategy.get(pending):
+      for k, v in sums.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    if not totals:
+      return {}
+    return {**{k: float(v) for k, v in losses.finalize(totals).items()},
+            "weight": totals["weight"]}
+
+  def __call__(self, state: Any) -> dict[str, dict[str, Any]]:
+    results = {}
+    baselines = getattr(self.task, "split_baselines", None) or {}
+    for split, length in self.task.eval_splits.items():
+      metrics = self.split(state, split)
+      results[split] = {"length": int(length), **metrics}
+      if baselines.get(split):
+        results[split]["baseline"] = dict(baselines[split])
+      if jax.process_index() == 0:
+        logging.info("eval %s (length %d): %s", split, length,
+                     "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "weight"))
+    return results

@@ -1,0 +1,75 @@
+"""The training and evaluation steps: pure functions of (state, batch).
+
+``state`` is ``nnx.state((model, optimizer))``; the step rebuilds both with ``nnx.merge``
+from a ``graphdef`` split once outside, so it stays a plain JAX function that ``jit``,
+``pmap`` and ``.lower().compile()`` take unchanged. With ``axis_name`` (pmap) the step
+averages gradients and sums metrics over devices itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from seqscale.train import losses
+
+Array = jax.Array
+Batch = dict[str, Array]
+Step = Callable[[nnx.State, Batch], Any]
+
+
+def _targets(model: Any, batch: Batch) -> tuple[Array, Array]:
+  if model.interface == "seq2seq":
+    return batch["tgt_out"], batch["tgt_weights"]
+  return batch["targets"], batch["weights"]
+
+
+def _sums(model: Any, batch: Batch) -> dict[str, Array]:
+  targets, weights = _targets(model, batch)
+  return losses.metric_sums(model(batch), targets, weights, model.regression)
+
+
+def make_train_step(graphdef: nnx.GraphDef, axis_name: str | None = None) -> Step:
+  """``(state, batch) -> (state, metrics)``: one optimizer step on the weighted mean loss.
+
+  Under pmap the local loss is divided by the *mean* weight over devices, so that
+  ``pmean`` of the local gradients is the gradient of the global weighted mean: the same
+  update as one device on the whole batch.
+  """
+
+  def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, Array]]:
+    model, optimizer = nnx.merge(graphdef, state)
+
+    def loss_fn(model):
+      sums = _sums(model, batch)
+      weight = sums["weight"]
+      if axis_name is not None:
+        weight = jax.lax.pmean(weight, axis_name)
+      return sums["loss"] / jnp.maximum(weight, 1e-12), sums
+
+    grads, sums = nnx.grad(loss_fn, has_aux=True)(model)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      sums = jax.lax.psum(sums, axis_name)
+    optimizer.update(model, grads)
+    metrics = losses.finalize(sums)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(nnx.state(model, nnx.Param))
+    return nnx.state((model, optimizer)), metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, axis_name: str | None = None) -> Step:
+  """``(state, batch) -> sums`` (see ``losses.metric_sums``), dropout off via ``graphdef``."""
+
+  def eval_step(state: nnx.State, batch: Batch) -> dict[str, Array]:
+    model, _ = nnx.merge(graphdef, state)
+    sums = _sums(model, batch)
+    return sums if axis_name is None else jax.lax.psum(sums, axis_name)
+
+  return eval_step
