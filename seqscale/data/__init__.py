@@ -14,6 +14,8 @@ from seqscale.data.task import Task, get_task, register_task, task_names
 from seqscale.data import adding_problem  # noqa: F401  pylint: disable=g-bad-import-order
 from seqscale.data import algorithmic  # noqa: F401
 from seqscale.data import associative_recall  # noqa: F401
+from seqscale.data import babi_like  # noqa: F401
+from seqscale.data import binary_arith  # noqa: F401
 from seqscale.data import copy_memory  # noqa: F401
 from seqscale.data import listops  # noqa: F401
 from seqscale.data import real  # noqa: F401
