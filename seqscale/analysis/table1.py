@@ -1,0 +1,746 @@
+"""Table 1 of "Attention Is All You Need" (Vaswani et al. 2017), measured from the program.
+
+The paper asserts, per layer over n positions of width d (kernel k, window r):
+
+  layer                      complexity    sequential ops   maximum path length
+  self-attention             O(n^2 d)      O(1)             O(1)
+  recurrent                  O(n d^2)      O(n)             O(n)
+  convolutional              O(k n d^2)    O(1)             O(n/k) contiguous, O(log_k n) dilated
+  restricted self-attention  O(r n d)      O(1)             O(n/r)
+
+Here every layer type is one pure function ``layer(params, x_BTD) -> y_BTD`` built from
+``seqscale.ops`` and every number is read off the program JAX builds by ``seqscale.analysis``:
+
+- FLOPs: XLA's count of the compiled forward, and of forward+backward (gradients with
+  respect to the parameters and the input), with loop bodies times their trip counts;
+- memory: temporary bytes of the compiled forward+backward;
+- sequential depth: the longest chain of dependent primitives in the forward jaxpr (a scan
+  of n steps counts its body n times, an associative scan its tree);
+- path length: the shortest dependency path, in primitive operations (``COMPUTE``), from
+  ``x_s`` to ``y_t``, maximised over s <= t, through a residual stack ``x + layer(x)`` just
+  deep enough to connect every pair (1 layer for attention and recurrences, ceil((n-1)/(k-1))
+  contiguous convolutions, ceil(log_k n) dilated ones, ceil((n-1)/r) restricted attentions).
+  Found by evaluating the unrolled program at small n. The matmul-only count (``MIXING``) is
+  kept beside it: it is 1 for the gated cells and linear recurrences, whose state is an
+  elementwise highway (a finding, see ``MIXING_NOTE``).
+
+All layers are causal (decoder form). ``sweep`` measures, ``compare`` fits log-log exponents
+and gives a verdict per cell in the regime stated, ``run`` writes ``table1.md``, plots and
+``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqscale.analysis import cost
+from seqscale.analysis import depth
+from seqscale.analysis import paths
+from seqscale.ops import attention
+from seqscale.ops import conv
+from seqscale.ops import linear_recurrence
+from seqscale.ops import recurrent
+
+Array = jax.Array
+Params = Mapping[str, Array]
+_MASKED = -1e30  # a masked score; finite so that no softmax can produce NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """What ``sweep`` measures. Defaults: about 4.5 min on 2 CPU cores (3.5 min of CPU)."""
+  layers: tuple[str, ...] = ()  # empty: every layer in LAYERS
+  n_values: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # at d_fixed
+  d_fixed: int = 64
+  d_values: tuple[int, ...] = (32, 64, 128, 256, 512)  # at n_fixed
+  n_fixed: int = 4096
+  path_max_n: int = 64  # path length (unrolled evaluation) only at n <= this
+  k: int = 3  # kernel of the contiguous and separable convolutions
+  k_dilated: int = 2  # kernel of the dilated stack, dilations k^i (WaveNet's 2)
+  r: int = 8  # window of restricted self-attention: keys t - r .. t
+  heads: int = 4
+  regime: int = 16  # attention's n^2 d regime: n >= regime * d
+  seed: int = 0
+
+  def layer_names(self) -> tuple[str, ...]:
+    return self.layers or tuple(LAYERS)
+
+
+def quick_config() -> Config:
+  """A CPU-minute smoke run: three n, two d, path length at n = 8 only.
+
+  Its ranges are too short to judge the paper's regimes; the verdicts mean little.
+  """
+  return Config(n_values=(8, 32, 128), d_fixed=16, d_values=(16, 32), n_fixed=128,
+                path_max_n=8, heads=2, regime=2)
+
+
+def make_config(quick: bool = False, n_values: Sequence[int] | None = None,
+                d_values: Sequence[int] | None = None,
+                layers: Sequence[str] | None = None) -> Config:
+  """The default (or quick) config with the given sweeps; the d sweep runs at max(n)."""
+  config = quick_config() if quick else Config()
+  changes: dict[str, Any] = {}
+  if n_values:
+    changes.update(n_values=tuple(n_values), n_fixed=max(n_values))
+  if d_values:
+    changes["d_values"] = tuple(d_values)
+  if layers:
+    changes["layers"] = tuple(layers)
+  config = dataclasses.replace(config, **changes)
+  validate(config)
+  return config
+
+
+def validate(config: Config) -> None:
+  """Raises ``ValueError`` naming the field, its value and what is allowed."""
+  unknown = [name for name in config.layers if name not in LAYERS]
+  if unknown:
+    raise ValueError(f"layers={unknown}: unknown; allowed: {', '.join(LAYERS)}")
+  for field in ("n_values", "d_values"):
+    values = getattr(config, field)
+    if not values or any(not isinstance(v, int) or v < 2 for v in values):
+      raise ValueError(f"{field}={values!r}: must be a non-empty list of ints >= 2")
+  for field in ("d_fixed", "n_fixed", "k", "k_dilated", "r", "heads", "regime"):
+    value = getattr(config, field)
+    if not isinstance(value, int) or value < (2 if field.startswith("k") else 1):
+      raise ValueError(f"{field}={value!r}: must be an int >= "
+                       f"{2 if field.startswith('k') else 1}")
+  bad = [d for d in (config.d_fixed, *config.d_values) if d % config.heads]
+  if bad:
+    raise ValueError(f"d={bad[0]}: must be a multiple of heads={config.heads}")
+
+
+# ------------------------------------------------------------------------- the layers
+
+
+def local_attention(q_BTHK: Array, k_BTHK: Array, v_BTHK: Array, r: int) -> Array:
+  """Causal attention of each position t to keys t - r .. t, in O(T r K) work per head.
+
+  Blocks of r queries attend to their own block and the previous one ([N, R, W = 2R]),
+  then the mask keeps keys t - r .. t: the same result as ``dot_product_attention`` with
+  ``causal=True, local_window=r``, without computing the other T - 2r scores of a row.
+  """
+  B, T, H, K = q_BTHK.shape
+  N = -(-T // r)
+  blocks = lambda a: jnp.pad(a, [(0, 0), (0, N * r - T), (0, 0), (0, 0)]).reshape(B, N, r, H, K)
+  q_BNRHK, k_BNRHK, v_BNRHK = blocks(q_BTHK), blocks(k_BTHK), blocks(v_BTHK)
+  prev = lambda a: jnp.concatenate([jnp.zeros_like(a[:, :1]), a[:, :-1]], axis=1)
+  k_BNWHK = jnp.concatenate([prev(k_BNRHK), k_BNRHK], axis=2)
+  v_BNWHK = jnp.concatenate([prev(v_BNRHK), v_BNRHK], axis=2)
+  scores_BHNRW = jnp.einsum("BNRHK,BNWHK->BHNRW", q_BNRHK, k_BNWHK) / math.sqrt(K)
+  block_N, row_R, col_W = jnp.arange(N), jnp.arange(r), jnp.arange(2 * r)
+  delta_RW = row_R[:, None] + r - col_W[None, :]  # query position minus key position
+  key_NW = (block_N[:, None] - 1) * r + col_W[None, :]
+  allowed_NRW = (delta_RW >= 0)[None] & (delta_RW <= r)[None] & (key_NW >= 0)[:, None, :]
+  scores_BHNRW = jnp.where(allowed_NRW, scores_BHNRW, _MASKED)
+  weights_BHNRW = jnp.where(allowed_NRW, jax.nn.softmax(scores_BHNRW, axis=-1), 0.0)
+  out_BNRHK = jnp.einsum("BHNRW,BNWHK->BNRHK", weights_BHNRW, v_BNWHK)
+  return out_BNRHK.reshape(B, N * r, H, K)[:, :T]
+
+
+def _attention(kind: str) -> Callable[..., Array]:
+  """kind: "full" (causal), "masked" (causal, local_window=r) or "blocked" (local_attention)."""
+  def apply(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+    del dilation
+    q, k, v = (attention.project_heads(x_BTD, p[w]) for w in ("wq", "wk", "wv"))
+    if kind == "blocked":
+      out_BTHK = local_attention(q, k, v, config.r)
+    else:
+      out_BTHK = attention.dot_product_attention(
+          q, k, v, causal=True, local_window=config.r if kind == "masked" else None)
+    return attention.merge_heads(out_BTHK, p["wo"])
+  return apply
+
+
+def _recurrent(cell: str) -> Callable[..., Array]:
+  return lambda p, x_BTD, config, dilation: recurrent.run(cell, x_BTD, p)[0]
+
+
+def _conv(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+  return conv.conv1d(x_BTD, p["w"], p["b"], dilation=dilation, causal=True)
+
+
+def _separable(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+  """Depthwise causal convolution (one kernel per channel), then a pointwise D x D matmul."""
+  span = (p["w_dw"].shape[0] - 1) * dilation
+  y_BTD = jax.lax.conv_general_dilated(
+      x_BTD, p["w_dw"], (1,), [(span, 0)], rhs_dilation=(dilation,),
+      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x_BTD.shape[-1])
+  return y_BTD @ p["w_pw"] + p["b"]
+
+
+def _linear(mode: str) -> Callable[..., Array]:
+  def apply(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+    a_BTD, b_BTD = linear_recurrence.mingru_coefficients(x_BTD @ p["wk"], x_BTD @ p["wh"])
+    return linear_recurrence.linear_recurrence(a_BTD, b_BTD, mode=mode)[0]
+  return apply
+
+
+def _init(shapes: Callable[[int, Config], dict[str, tuple[tuple[int, ...], int]]]
+          ) -> Callable[..., Params]:
+  """``shapes(d, config) -> {name: (shape, fan_in)}``; weights N(0, 1 / fan_in)."""
+  def init(key: Array, d: int, config: Config) -> Params:
+    spec = sorted(shapes(d, config).items())
+    keys = jax.random.split(key, len(spec))
+    return {name: jax.random.normal(k, shape) / math.sqrt(fan_in)
+            for k, (name, (shape, fan_in)) in zip(keys, spec)}
+  return init
+
+
+def _attn_shapes(d: int, c: Config) -> dict[str, tuple[tuple[int, ...], int]]:
+  K = d // c.heads
+  return {"wq": ((d, c.heads, K), d), "wk": ((d, c.heads, K), d), "wv": ((d, c.heads, K), d),
+          "wo": ((c.heads, K, d), d)}
+
+
+_BIAS = 100  # biases: "fan-in" 100, i.e. N(0, 0.1^2)
+_rec_shapes = lambda g: (lambda d, c: {"w_ih": ((d, g * d), d), "w_hh": ((d, g * d), d),
+                                       "b_ih": ((g * d,), _BIAS), "b_hh": ((g * d,), _BIAS)})
+_conv_shapes = lambda kernel: (lambda d, c: {"w": ((kernel(c), d, d), kernel(c) * d),
+                                             "b": ((d,), _BIAS)})
+_sep_shapes = lambda d, c: {"w_dw": ((c.k, 1, d), c.k), "w_pw": ((d, d), d),
+                            "b": ((d,), _BIAS)}
+_lin_shapes = lambda d, c: {"wk": ((d, d), d), "wh": ((d, d), d)}
+
+_one = lambda n, c: 1
+_contiguous = lambda n, c: max(1, math.ceil((n - 1) / (c.k - 1)))
+_windowed = lambda n, c: max(1, math.ceil((n - 1) / c.r))
+
+
+def _dilated(n: int, c: Config) -> int:
+  """Least L with k^L >= n: dilations 1, k, .., k^(L-1) reach k^L - 1 positions back."""
+  layers = 1
+  while c.k_dilated**layers < n:
+    layers += 1
+  return layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerType:
+  """A layer, the paper's claims for it, and how its path-length stack is built.
+
+  ``flops_n``/``flops_d``: the paper's exponents of n and d; ``depth``/``path``: the paper's
+  growth in n ("1", "log n" or "n", at fixed k and r); ``*_text``: the paper's words.
+  ``stack_layers(n, config)`` is the depth of the residual stack that connects all n
+  positions (its path lengths are measured, and checked finite). ``n_regime``/``d_regime``
+  select the points where the paper's FLOPs claim is meant to hold.
+  """
+  row: str
+  complexity: str
+  sequential: str
+  path_text: str
+  flops_n: float
+  flops_d: float
+  depth: str
+  path: str
+  apply: Callable[[Params, Array, Config, int], Array]
+  init: Callable[[Array, int, Config], Params]
+  stack_layers: Callable[[int, Config], int] = _one
+  kernel: Callable[[Config], int | None] = lambda c: None
+  window: Callable[[Config], int | None] = lambda c: None
+  dilated: bool = False
+  n_regime: Callable[[int, int, Config], bool] | None = None
+  d_regime: Callable[[int, int, Config], bool] | None = None
+  regime_text: str = ""
+
+
+_n_gg_d = lambda n, d, c: n >= c.regime * d
+_REC = dict(row="recurrent", complexity="O(n d^2)", sequential="O(n)", path_text="O(n)",
+            flops_n=1, flops_d=2, depth="n", path="n")
+_ATTN = dict(sequential="O(1)", flops_n=2, flops_d=1, depth="1",
+             init=_init(_attn_shapes), n_regime=_n_gg_d, d_regime=_n_gg_d,
+             regime_text="n >= {regime} d")
+_RESTRICTED = dict(row="restricted self-attention", complexity="O(r n d)", sequential="O(1)",
+                   path_text="O(n/r)", flops_n=1, flops_d=1, depth="1", path="n",
+                   init=_init(_attn_shapes), stack_layers=_windowed, window=lambda c: c.r)
+_CONV = dict(sequential="O(1)", flops_n=1, flops_d=2, depth="1", stack_layers=_contiguous,
+             kernel=lambda c: c.k)
+
+LAYERS: dict[str, LayerType] = {
+    "self_attention": LayerType(row="self-attention", complexity="O(n^2 d)", path_text="O(1)",
+                                path="1", apply=_attention("full"), **_ATTN),
+    "restricted_attention": LayerType(apply=_attention("blocked"), **_RESTRICTED),
+    "restricted_attention_masked": LayerType(apply=_attention("masked"), **_RESTRICTED),
+    "rnn": LayerType(apply=_recurrent("rnn"), init=_init(_rec_shapes(1)), **_REC),
+    "lstm": LayerType(apply=_recurrent("lstm"), init=_init(_rec_shapes(4)), **_REC),
+    "gru": LayerType(apply=_recurrent("gru"), init=_init(_rec_shapes(3)), **_REC),
+    "conv": LayerType(row="convolutional, contiguous", complexity="O(k n d^2)",
+                      path_text="O(n/k)", path="n", apply=_conv,
+                      init=_init(_conv_shapes(lambda c: c.k)), **_CONV),
+    "dilated_conv": LayerType(
+        row="convolutional, dilated", complexity="O(k n d^2)", path_text="O(log_k n)",
+        path="log n", apply=_conv, init=_init(_conv_shapes(lambda c: c.k_dilated)),
+        dilated=True, **dict(_CONV, stack_layers=_dilated, kernel=lambda c: c.k_dilated)),
+    "separable_conv": LayerType(row="separable convolution (paper, section 4)",
+                                complexity="O(k n d + n d^2)", path_text="O(n/k)", path="n",
+                                apply=_separable, init=_init(_sep_shapes), **_CONV),
+    "linear_recurrence_sequential": LayerType(apply=_linear("sequential"),
+                                              init=_init(_lin_shapes), **_REC),
+    "linear_recurrence_associative": LayerType(apply=_linear("associative"),
+                                               init=_init(_lin_shapes), **_REC),
+}
+# Why a measurement disagrees with the paper, shown where it does: (layer, cell) -> text.
+NOTES: dict[tuple[str, str], str] = {
+    ("restricted_attention_masked", "flops_n"):
+        "a mask does not skip work: dot_product_attention(local_window=r) computes all n^2 "
+        "scores and then zeroes the ones outside the window, so it costs what full attention "
+        "costs. restricted_attention (blocks of r queries against 2r keys) gets O(r n d).",
+    ("restricted_attention", "flops_d"):
+        "the paper's O(r n d) counts only the attention itself; the layer's query, key, value "
+        "and output projections cost 8 n d^2, which dominates unless r >> d (r = {r} here).",
+    ("restricted_attention_masked", "flops_d"):
+        "the projections (8 n d^2) dominate the masked n^2 d scores once d is a sizeable "
+        "fraction of n; and the paper's O(r n d) leaves the projections out.",
+    ("linear_recurrence_associative", "depth"):
+        "a linear recurrence h_t = a_t h_(t-1) + b_t is associative, so "
+        "lax.associative_scan evaluates it in about 2 log2 n dependent levels: the paper's "
+        "O(n) holds for nonlinear cells (rnn, lstm, gru), not for every recurrence.",
+    ("linear_recurrence_associative", "path"):
+        "the associative scan's tree also shortens the dependency path from x_s to y_t to "
+        "O(log n) operations: the same program computes the same h_t through fewer steps.",
+}
+# Findings that are not verdicts: shown under the table.
+MIXING_NOTE = (
+    "Counting only matmuls and convolutions (MIXING), lstm, gru and both linear recurrences "
+    "have path length {mixing} at every n: x_s reaches y_t through the input projection and "
+    "then only elementwise multiplies and adds (the LSTM cell state, the GRU's "
+    "z * h_(t-1), a_t * h_(t-1)). The paper's O(n) for recurrent layers counts the steps "
+    "a signal must traverse, which the COMPUTE count measures; the Elman RNN, whose only "
+    "path is the recurrent matmul, is O(n) in both counts.")
+
+
+SEPARABLE_NOTE = (
+    "separable_conv's backward: XLA's cost analysis counts the gradient of the depthwise "
+    "kernel (a convolution with batch_group_count = d) as if it were dense, 2 k n d (d - 1) "
+    "FLOPs too many, so its fwd+bwd / fwd ratio is far above the 3 that the jaxpr count "
+    "(and every other layer) gives. The forward count, used in the fits, is right.")
+
+
+# ------------------------------------------------------------------------- measurement
+
+
+def _struct(tree: Any) -> Any:
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+
+
+def single_layer(layer: str, n: int, config: Config) -> Callable[[Params, Array], Array]:
+  """``(params, x_BTD) -> y_BTD``, the layer measured for FLOPs, memory and depth.
+
+  For the dilated convolution: the last (largest-dilation) layer of the stack for n.
+  """
+  spec = LAYERS[layer]
+  dilation = config.k_dilated ** (spec.stack_layers(n, config) - 1) if spec.dilated else 1
+  return lambda p, x_BTD: spec.apply(p, x_BTD, config, dilation)
+
+
+def stack(layer: str, n: int, d: int, config: Config, key: Array,
+          num_layers: int | None = None) -> tuple[Callable[[Array], Array], int]:
+  """A residual stack ``x <- x + layer_i(x)`` deep enough to connect all n positions.
+
+  Returns ``(x_BTD -> y_BTD, number of layers)``; parameters are drawn from ``key``.
+  ``num_layers`` overrides the depth (``LayerType.stack_layers``).
+  """
+  spec = LAYERS[layer]
+  num = num_layers or spec.stack_layers(n, config)
+  keys = jax.random.split(key, num)
+  params = [spec.init(k, d, config) for k in keys]
+  dilations = [config.k_dilated**i if spec.dilated else 1 for i in range(num)]
+
+  def f(x_BTD: Array) -> Array:
+    for p, dilation in zip(params, dilations):
+      x_BTD = x_BTD + spec.apply(p, x_BTD, config, dilation)
+    return x_BTD
+  return f, num
+
+
+def measure(layer: str, n: int, d: int, config: Config, *, path: bool) -> dict[str, Any]:
+  """One row: FLOPs, memory, depth of one layer at (n, d) and, if ``path``, path lengths."""
+  spec = LAYERS[layer]
+  start = time.perf_counter()
+  key = jax.random.PRNGKey(config.seed)
+  params = _struct(jax.eval_shape(lambda k: spec.init(k, d, config), key))
+  x = jax.ShapeDtypeStruct((1, n, d), jnp.float32)
+  f = single_layer(layer, n, config)
+  mem = cost.memory(f, params, x, backward=True, argnums=(0, 1))
+  row: dict[str, Any] = {
+      "layer": layer, "n": n, "d": d, "k": spec.kernel(config), "r": spec.window(config),
+      "flops_fwd": cost.flops(f, params, x),
+      "flops_fwd_bwd": cost.flops(f, params, x, backward=True, argnums=(0, 1)),
+      "temp_bytes": mem and mem.temp_bytes,
+      "sequential_depth": depth.sequential_depth(f, params, x),
+      "path_length": None, "path_length_mixing": None, "stack_layers": None,
+      "path_approximated": None,
+      "jaxpr_flops_fwd": cost.jaxpr_flops(f, params, x),
+      "jaxpr_flops_fwd_bwd": cost.jaxpr_flops(f, params, x, backward=True, argnums=(0, 1)),
+      "dilation": (config.k_dilated ** (spec.stack_layers(n, config) - 1)
+                   if spec.dilated else None),
+  }
+  if path:
+    fn, num = stack(layer, n, d, config, key)
+    x_BTD = jax.random.normal(jax.random.fold_in(key, 1), (1, n, d))
+    by_ops = paths.path_length_by_mixing(fn, x_BTD, causal=True, mixing=paths.COMPUTE)
+    by_mix = paths.path_length_by_mixing(fn, x_BTD, causal=True, mixing=paths.MIXING)
+    row.update(path_length=by_ops.length, path_length_mixing=by_mix.length, stack_layers=num,
+               path_approximated=sorted(set(by_ops.approximated + by_mix.approximated)))
+  row["seconds"] = round(time.perf_counter() - start, 2)
+  return row
+
+
+def sweep(config: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Rows for n in ``n_values`` at ``d_fixed`` and d in ``d_values`` at ``n_fixed``."""
+  validate(config)
+  points = [(n, config.d_fixed) for n in config.n_values]
+  points += [(config.n_fixed, d) for d in config.d_values if (config.n_fixed, d) not in points]
+  rows = []
+  for layer in config.layer_names():
+    for n, d in points:
+      path = d == config.d_fixed and n <= config.path_max_n
+      rows.append(measure(layer, n, d, config, path=path))
+      r = rows[-1]
+      log(f"{layer:30s} n={n:5d} d={d:4d} flops={r['flops_fwd']:.3g} "
+          f"depth={r['sequential_depth']} path={r['path_length']} ({r['seconds']} s)")
+  return rows
+
+
+# ------------------------------------------------------------------------- fits and verdicts
+
+
+def fit_exponent(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+  """Slope of log y against log x (least squares); None with fewer than 2 points."""
+  if len(xs) < 2 or any(y is None or y <= 0 for y in ys):
+    return None
+  return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def _r2(xs: np.ndarray, ys: np.ndarray) -> float:
+  if np.ptp(ys) == 0:
+    return 1.0
+  return float(np.corrcoef(xs, ys)[0, 1] ** 2)
+
+
+def growth(ns: Sequence[int], ys: Sequence[float]) -> tuple[str, float | None]:
+  """Classifies y(n) as "1", "log n", "n", "n^2" (or "n^p"), with the log-log exponent p.
+
+  Constant: p < 0.1. Logarithmic: p < 0.6, y grows, and y is at least as linear in log n
+  (R^2 >= 0.95) as in n. Power: p rounded, if within 0.2 of an integer.
+  """
+  if not all(math.isfinite(y) for y in ys):
+    return "not connected", None
+  p = fit_exponent(ns, ys)
+  if p is None:
+    return "n/a", None
+  ns_, ys_ = np.asarray(ns, float), np.asarray(ys, float)
+  if p < 0.1:
+    return "1", p
+  r2_log, r2_lin = _r2(np.log(ns_), ys_), _r2(ns_, ys_)
+  if p < 0.6 and ys_[-1] > ys_[0] and r2_log >= 0.95 and r2_log >= r2_lin:
+    return "log n", p
+  q = round(p)
+  return ("n" if q == 1 else f"n^{q}") if abs(p - q) <= 0.2 else f"n^{p:.2f}", p
+
+
+def _series(rows: Sequence[dict[str, Any]], layer: str, key: str, *, n: int | None = None,
+            d: int | None = None, keep: Callable[[int, int], bool] = lambda n, d: True
+            ) -> tuple[list[int], list[float]]:
+  pts = sorted((r["d"] if n is not None else r["n"], r[key]) for r in rows
+               if r["layer"] == layer and r[key] is not None and (n is None or r["n"] == n)
+               and (d is None or r["d"] == d) and keep(r["n"], r["d"]))
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _note(layer: str, cell: str, config: Config) -> str:
+  note = NOTES.get((layer, cell), "unexpected: not explained")
+  return note.format(**dataclasses.asdict(config))
+
+
+def compare(rows: Sequence[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
+  """Per layer: fitted exponents and growth classes against the paper, a verdict per cell.
+
+  Cells: ``flops_n`` (exponent vs the paper's, agree within 0.15, on the points of the
+  paper's regime), ``flops_d`` (likewise), ``depth`` and ``path`` (growth class vs the
+  paper's), ``path_mixing`` and ``memory`` (measured only: the paper states neither).
+  """
+  out = []
+  for layer in config.layer_names():
+    spec = LAYERS[layer]
+    cells: dict[str, Any] = {"layer": layer, "paper_row": spec.row}
+    for cell, axis, expected, regime in (("flops_n", "n", spec.flops_n, spec.n_regime),
+                                         ("flops_d", "d", spec.flops_d, spec.d_regime)):
+      fixed = {"d": config.d_fixed} if axis == "n" else {"n": config.n_fixed}
+      xs_all, ys_all = _series(rows, layer, "flops_fwd", **fixed)
+      keep = (lambda n, d: regime(n, d, config)) if regime else (lambda n, d: True)
+      xs, ys = _series(rows, layer, "flops_fwd", keep=keep, **fixed)
+      regime_text = spec.regime_text.format(regime=config.regime) if regime else "all"
+      if len(xs) < 2:  # the regime is not reached in this sweep: say so, fit the top two
+        xs, ys, regime_text = xs_all[-2:], ys_all[-2:], regime_text + " (not reached)"
+      p = fit_exponent(xs, ys)
+      agree = None if p is None else abs(p - expected) <= 0.15
+      cells[cell] = {"expected": expected, "exponent": p, "range": [xs[0], xs[-1]] if xs else [],
+                     "regime": regime_text, "exponent_all": fit_exponent(xs_all, ys_all),
+                     "agree": agree, "note": None if agree in (None, True)
+                     else _note(layer, cell, config)}
+    for cell, key, expected in (("depth", "sequential_depth", spec.depth),
+                                ("path", "path_length", spec.path),
+                                ("path_mixing", "path_length_mixing", None),
+                                ("memory", "temp_bytes", None)):
+      ns, ys = _series(rows, layer, key, d=config.d_fixed)
+      cls, p = growth(ns, ys)
+      agree = None if expected is None or cls == "n/a" else cls == expected
+      cells[cell] = {"expected": expected, "class": cls, "exponent": p, "n": ns,
+                     "values": ys, "agree": agree,
+                     "note": None if agree in (None, True) else _note(layer, cell, config)}
+    out.append(cells)
+  return out
+
+
+# ------------------------------------------------------------------------- output
+
+
+def _fmt(v: float | None) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float) and math.isinf(v):
+    return "inf"
+  return f"{v:.4g}" if isinstance(v, float) and v != int(v) else f"{int(v)}"
+
+
+def _verdict(agree: bool | None) -> str:
+  return {True: "agree", False: "**DISAGREE**", None: "n/a"}[agree]
+
+
+def _flops_cell(c: dict[str, Any], var: str) -> str:
+  if c["exponent"] is None:
+    return "n/a"
+  text = f"{var}^{c['exponent']:.2f}"
+  if c["regime"] != "all":
+    text += f" ({c['regime']}; all: {c['exponent_all']:.2f})"
+  return f"{text}: {_verdict(c['agree'])}"
+
+
+def _growth_cell(c: dict[str, Any]) -> str:
+  if not c["values"]:
+    return "n/a"
+  span = f"{_fmt(c['values'][0])} -> {_fmt(c['values'][-1])}"
+  if c["class"] == "n/a":
+    return f"{span} (one n: no fit)"
+  cls = "O(1)" if c["class"] == "1" else f"O({c['class']})"
+  return f"{span}, {cls}" + ("" if c["agree"] is None else f": {_verdict(c['agree'])}")
+
+
+def _header(config: Config, context: Mapping[str, Any]) -> list[str]:
+  ns, ds = config.n_values, config.d_values
+  path_ns = [n for n in ns if n <= config.path_max_n]
+  return [
+      '# Table 1 of "Attention Is All You Need", measured from the compiled program', "",
+      f"Backend {context.get('backend')} ({context.get('device_kind')}), jax "
+      f"{context.get('jax')}. One layer, batch 1, float32, causal. n sweep: n = {ns[0]} .. "
+      f"{ns[-1]} at d = {config.d_fixed}; d sweep: d = {ds[0]} .. {ds[-1]} at n = "
+      f"{config.n_fixed}. k = {config.k} (dilated stack: k = {config.k_dilated}, dilations "
+      f"{config.k_dilated}^i), r = {config.r}, {config.heads} heads. Path length only at n in "
+      f"{path_ns} (unrolled evaluation), through the residual stack that connects all "
+      "positions.", ""]
+
+
+def _main_table(cells: Sequence[dict[str, Any]]) -> list[str]:
+  lines = ["| layer | paper row | paper: complexity | measured FLOPs vs n | measured FLOPs vs d "
+           "| paper: sequential ops | measured depth (ops) vs n | paper: max path | measured "
+           "path (ops) vs n |", "|---|---|---|---|---|---|---|---|---|"]
+  for c in cells:
+    spec = LAYERS[c["layer"]]
+    lines.append(
+        f"| {c['layer']} | {spec.row} | {spec.complexity} | {_flops_cell(c['flops_n'], 'n')} | "
+        f"{_flops_cell(c['flops_d'], 'd')} | {spec.sequential} | {_growth_cell(c['depth'])} | "
+        f"{spec.path_text} | {_growth_cell(c['path'])} |")
+  return lines
+
+
+def _side_table(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]],
+                config: Config) -> list[str]:
+  lines = ["Beside the paper (it states neither): memory of forward+backward, and the path "
+           "counting matmuls and convolutions only.", "",
+           "| layer | temp bytes fwd+bwd vs n | path (matmuls/convs only) vs n | stack layers "
+           "(largest path n) | fwd+bwd / fwd FLOPs, XLA (jaxpr count), largest n |",
+           "|---|---|---|---|---|"]
+  for c in cells:
+    mine = [r for r in rows if r["layer"] == c["layer"] and r["d"] == config.d_fixed]
+    stacks = [r["stack_layers"] for r in mine if r["stack_layers"] is not None]
+    last = max(mine, key=lambda r: r["n"]) if mine else {}
+    ratio = lambda pre: (last[f"{pre}flops_fwd_bwd"] / last[f"{pre}flops_fwd"]
+                         if last.get(f"{pre}flops_fwd") else None)
+    mem = c["memory"]
+    mem_text = (f"n^{mem['exponent']:.2f} ({_fmt(mem['values'][0])} -> "
+                f"{_fmt(mem['values'][-1])})" if mem["exponent"] is not None else "n/a")
+    lines.append(f"| {c['layer']} | {mem_text} | {_growth_cell(c['path_mixing'])} | "
+                 f"{stacks[-1] if stacks else '-'} | {_fmt(ratio(''))} "
+                 f"({_fmt(ratio('jaxpr_'))}) |")
+  if any(c["layer"] == "separable_conv" for c in cells):
+    lines += ["", SEPARABLE_NOTE]
+  return lines
+
+
+def _findings(cells: Sequence[dict[str, Any]]) -> list[str]:
+  lines = ["## Where the measurement disagrees with the paper", ""]
+  lines += [f"- **{c['layer']}, {name}**: {c[name]['note']}" for c in cells
+            for name in ("flops_n", "flops_d", "depth", "path")
+            if c[name]["agree"] is False] or ["- nowhere"]
+  mixing = sorted({_fmt(v) for c in cells if c["layer"] in _HIGHWAY
+                   for v in c["path_mixing"]["values"]})
+  if mixing:
+    lines += ["", "Finding: " + MIXING_NOTE.format(mixing=" or ".join(mixing))]
+  return lines
+
+
+def _raw_tables(rows: Sequence[dict[str, Any]], config: Config) -> list[str]:
+  lines = []
+  for key, title in (("flops_fwd", "FLOPs of the forward pass"),
+                     ("sequential_depth", "sequential depth (dependent primitive steps)"),
+                     ("path_length", "path length (operations, COMPUTE)"),
+                     ("path_length_mixing", "path length (matmuls/convs only, MIXING)")):
+    cols = [n for n in config.n_values if not key.startswith("path") or n <= config.path_max_n]
+    lines += ["", f"### {title}, d = {config.d_fixed}", "",
+              "| layer | " + " | ".join(f"n={n}" for n in cols) + " |",
+              "|---|" + "---|" * len(cols)]
+    for layer in config.layer_names():
+      by_n = {r["n"]: r[key] for r in rows if r["layer"] == layer and r["d"] == config.d_fixed}
+      text = [("-" if by_n.get(n) is None else f"{by_n[n]:.3g}" if key == "flops_fwd"
+               else _fmt(by_n[n])) for n in cols]
+      lines.append(f"| {layer} | " + " | ".join(text) + " |")
+  return lines
+
+
+def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], config: Config,
+             context: Mapping[str, Any]) -> str:
+  """``table1.md``: the paper's table beside the measured one, findings, definitions, data."""
+  definitions = DEFINITIONS.format(**dataclasses.asdict(config))
+  return "\n".join([*_header(config, context), *_main_table(cells), "",
+                    *_side_table(rows, cells, config), "", *_findings(cells), "", definitions,
+                    *_raw_tables(rows, config)]) + "\n"
+
+
+_HIGHWAY = ("lstm", "gru", "linear_recurrence_sequential", "linear_recurrence_associative")
+
+DEFINITIONS = """## What is measured, and the regimes
+
+- **FLOPs**: XLA's cost analysis of the compiled forward pass (`seqscale.analysis.flops`),
+  with every loop body counted times its trip count (XLA on CPU counts a `while` body once).
+  The layer includes its projections: Q, K, V and output for attention, `x @ w_ih` for the
+  recurrent cells. Exponents are least-squares slopes of log FLOPs against log n (at fixed d)
+  or log d (at fixed n); a cell agrees when the slope is within 0.15 of the paper's exponent.
+- **Regime**: attention's O(n^2 d) holds for n >> d. The layer costs 4 n^2 d (scores and
+  weighted values) + 8 n d^2 (projections), so its slopes are fitted on the points with
+  n >= {regime} d, and the slope over all points is shown beside. The paper's O(r n d) for
+  restricted attention likewise leaves out the 8 n d^2 of the projections; it would need
+  r >> d, which a window of r = {r} never reaches here.
+- **Sequential depth**: the longest chain of dependent primitives in the forward jaxpr
+  (`seqscale.analysis.sequential_depth`): a primitive is one step whatever its size, data
+  movement is free, a scan of n steps counts its carried path n times. Growth classes:
+  O(1) when the log-log slope is below 0.1; O(log n) when the slope is below 0.6 and the
+  values are at least as linear in log n as in n; otherwise the nearest integer power.
+- **Path length**: the paper's "length of the paths forward and backward signals have to
+  traverse" between two positions. Measured as the fewest dependent operations (every
+  primitive that is not data movement, `mixing=COMPUTE`) from x_s to y_t, maximised over
+  s <= t (`seqscale.analysis.path_length_by_mixing`), through a residual stack
+  x <- x + layer(x) just deep enough to connect every pair: 1 layer for attention and the
+  recurrences, ceil((n-1)/(k-1)) contiguous or separable convolutions, ceil(log_k n)
+  dilated ones (dilations k^i), ceil((n-1)/r) restricted attentions. The residual lets a
+  path skip layers it does not need. This counts recurrent steps: each step of a cell is a
+  few dependent operations. Counting matmuls/convolutions only (`MIXING`) is shown beside:
+  it misses the elementwise highways of gated cells (see the finding above). The
+  evaluation is unrolled and costly, hence small n only; its growth class uses those n.
+- **Memory**: temporary bytes of the compiled forward+backward (`memory_analysis`).
+- The dilated convolution's FLOPs and depth are those of one layer with the largest
+  dilation of its stack; a contiguous and a dilated layer cost the same per layer.
+"""
+
+
+def plot(rows: Sequence[dict[str, Any]], config: Config, workdir: str) -> list[str]:
+  """PNG plots, one line per layer: FLOPs, depth, path length, memory vs n; FLOPs vs d."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  written = []
+  markers = "os^vD<>ph*x+"
+  for key, axis, ylabel, name in (
+      ("flops_fwd", "n", "FLOPs (forward)", "flops_vs_n.png"),
+      ("flops_fwd", "d", "FLOPs (forward)", "flops_vs_d.png"),
+      ("sequential_depth", "n", "sequential depth (dependent ops)", "depth_vs_n.png"),
+      ("path_length", "n", "max path length (ops, COMPUTE)", "path_vs_n.png"),
+      ("temp_bytes", "n", "temp bytes (forward+backward)", "memory_vs_n.png")):
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, layer in enumerate(config.layer_names()):
+      fixed = {"d": config.d_fixed} if axis == "n" else {"n": config.n_fixed}
+      xs, ys = _series(rows, layer, key, **fixed)
+      if xs:
+        ax.plot(xs, ys, marker=markers[i % len(markers)], label=layer,
+                color=plt.cm.tab20(i % 20))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    fixed_text = f"d = {config.d_fixed}" if axis == "n" else f"n = {config.n_fixed}"
+    ax.set(xlabel=axis, ylabel=ylabel, title=f"{ylabel} vs {axis} ({fixed_text})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(workdir, name)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+def _json_safe(v: Any) -> Any:
+  if isinstance(v, dict):
+    return {k: _json_safe(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [_json_safe(x) for x in v]
+  if isinstance(v, (float, np.floating)):
+    return float(v) if math.isfinite(v) else str(v)
+  if isinstance(v, np.integer):
+    return int(v)
+  return v
+
+
+def basic_context() -> dict[str, Any]:
+  """Versions and devices, for callers without ``seqscale.train.context`` (a higher layer)."""
+  devices = jax.devices()
+  return {"jax": jax.__version__, "backend": jax.default_backend(),
+          "device_kind": devices[0].device_kind, "device_count": len(devices)}
+
+
+def run(config: Config, workdir: str, context: Mapping[str, Any] | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Sweeps, compares, and writes ``table1.md``, PNG plots and ``results.json`` to ``workdir``.
+
+  ``context`` (versions, devices, git commit: the experiment passes
+  ``seqscale.train.context.run_context()``) goes into ``results.json`` with the config.
+  Returns the results dict (``context``, ``rows``, ``cells``, ``plots``, ``seconds``) and
+  prints the table.
+  """
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  start = time.perf_counter()
+  rows = sweep(config, log)
+  cells = compare(rows, config)
+  context = {**(context or basic_context()), "config": dataclasses.asdict(config),
+             "dtype": "float32", "batch": 1}
+  text = markdown(rows, cells, config, context)
+  with open(os.path.join(workdir, "table1.md"), "w") as f:
+    f.write(text)
+  plots = plot(rows, config, workdir)
+  results = {"context": context, "rows": rows, "cells": cells,
+             "plots": [os.path.basename(p) for p in plots],
+             "seconds": round(time.perf_counter() - start, 1)}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(_json_safe(results), f, indent=1)
+  log(text)
+  log(f"wrote {workdir}/table1.md, results.json, {len(plots)} plots in {results['seconds']} s")
+  return results
