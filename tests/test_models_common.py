@@ -28,6 +28,19 @@ SMALL = {
     "mingru": dict(in_features=I, hidden_features=D, num_layers=2),
     "minlstm": dict(in_features=I, hidden_features=D, num_layers=2),
     "lru": dict(in_features=I, hidden_features=D, num_layers=2, state_features=6),
+    "memn2n": dict(vocab_size=V, hidden_features=D, num_hops=2),
+    "neural_gpu": dict(in_features=I, hidden_features=D, num_layers=2),
+    "extended_neural_gpu": dict(in_features=I, hidden_features=D, num_layers=2),
+    "lstm_attention": dict(in_features=I, hidden_features=D, num_layers=2),
+    "flstm": dict(in_features=I, hidden_features=D, num_layers=2, rank=4),
+    "glstm": dict(in_features=I, hidden_features=6, num_layers=2, num_groups=3),
+    # No gate noise or balancing loss: a call without state updates (see seqscale/models/moe.py).
+    "moe": dict(in_features=I, hidden_features=D, num_experts=4, k=2, capacity_factor=2.0,
+                noisy_gating=False, importance_weight=0.0, load_weight=0.0),
+    "lstm_moe": dict(in_features=I, hidden_features=D, num_experts=4, k=2, noisy_gating=False,
+                     importance_weight=0.0, load_weight=0.0),
+    "transformer_moe": dict(in_features=I, hidden_features=D, num_heads=2, num_experts=4,
+                            noisy_gating=False, importance_weight=0.0, load_weight=0.0),
 }
 
 # (name, extra hparams) of every configuration whose causality is claimed.
@@ -39,9 +52,13 @@ CAUSAL = [("rnn", {}), ("lstm", {}), ("gru", {}), ("lstm", dict(num_layers=1)),
           ("transformer_lm", {}),
           ("mingru", {}), ("minlstm", {}), ("lru", {}), ("mingru", dict(log_space=True)),
           ("minlstm", dict(log_space=True, mode="chunked", chunk_size=4)),
-          ("mingru", dict(mode="sequential")), ("lru", dict(mode="chunked", chunk_size=4))]
+          ("mingru", dict(mode="sequential")), ("lru", dict(mode="chunked", chunk_size=4)),
+          ("lstm_attention", {}), ("lstm_attention", dict(attention="multiplicative")),
+          ("lstm_attention", dict(attention="none")), ("flstm", {}), ("glstm", {}), ("moe", {}),
+          ("lstm_moe", {}), ("transformer_moe", dict(causal=True))]
 NON_CAUSAL = [("lstm", dict(bidirectional=True)), ("gru", dict(bidirectional=True)),
-              ("transformer", {}), ("transformer", dict(local_window=2))]
+              ("transformer", {}), ("transformer", dict(local_window=2)),
+              ("neural_gpu", {})]
 
 
 def _build(name, **extra):
@@ -51,6 +68,9 @@ def _build(name, **extra):
 
 def _inputs(model, T, seed=0):
   rng = np.random.default_rng(seed)
+  if model.interface == "qa":  # a story of T sentences of 4 words, and a question
+    return (jnp.asarray(rng.integers(0, V, size=(2, T, 4)), jnp.int32),
+            jnp.asarray(rng.integers(1, V, size=(2, 4)), jnp.int32))
   if model.interface == "lm":
     return (jnp.asarray(rng.integers(0, V, size=(2, T)), jnp.int32),)
   x = jnp.asarray(rng.normal(size=(2, T, I)), jnp.float32)
@@ -68,7 +88,7 @@ def test_every_registered_model_is_covered():
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_init_forward_and_gradient_under_jit_at_two_lengths(name):
   model = _build(name)
-  assert model.interface in ("sequence", "seq2seq", "lm")
+  assert model.interface in ("sequence", "seq2seq", "lm", "qa")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   @jax.jit
@@ -79,8 +99,8 @@ def test_init_forward_and_gradient_under_jit_at_two_lengths(name):
   for T in (5, 12):
     inputs = _inputs(model, T)
     (loss, y), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, inputs)
-    width = V if model.interface == "lm" else model.out_features
-    assert y.shape == (2, T, width)
+    width = V if model.interface in ("lm", "qa") else model.out_features
+    assert y.shape == ((2, width) if model.interface == "qa" else (2, T, width))
     assert np.isfinite(np.asarray(y)).all() and np.isfinite(float(loss))
     leaves = jax.tree.leaves(grads)
     assert leaves and all(np.isfinite(np.asarray(g)).all() for g in leaves)
@@ -131,7 +151,8 @@ def test_non_causal_models_see_the_future(name, extra):
   assert np.triu(dep, k=1).max() > 0
 
 
-@pytest.mark.parametrize("name", ["transformer_seq2seq", "bytenet", "convs2s"])
+@pytest.mark.parametrize("name", ["transformer_seq2seq", "bytenet", "convs2s",
+                                  "lstm_attention", "extended_neural_gpu"])
 def test_seq2seq_encoder_sees_the_whole_source(name):
   model = _build(name)
   src, tgt = _inputs(model, T=6)
@@ -140,7 +161,8 @@ def test_seq2seq_encoder_sees_the_whole_source(name):
   assert np.abs(np.asarray(jac[0, 1:])).max() > 0  # the first target position sees later src
 
 
-STEPPABLE = [(n, e) for n, e in CAUSAL if n not in ("transformer_seq2seq", "bytenet", "convs2s")]
+STEPPABLE = [(n, e) for n, e in CAUSAL if n not in ("transformer_seq2seq", "bytenet", "convs2s",
+                                                        "lstm_attention")]
 
 
 @pytest.mark.parametrize("name,extra", STEPPABLE, ids=lambda v: str(v))

@@ -14,5 +14,10 @@ from seqscale.models import wavenet  # noqa: F401,E402
 from seqscale.models import bytenet  # noqa: F401,E402
 from seqscale.models import convs2s  # noqa: F401,E402
 from seqscale.models import linear_rnn  # noqa: F401,E402
+from seqscale.models import memn2n  # noqa: F401,E402
+from seqscale.models import neural_gpu  # noqa: F401,E402
+from seqscale.models import lstm_attention  # noqa: F401,E402
+from seqscale.models import factorized_lstm  # noqa: F401,E402
+from seqscale.models import moe  # noqa: F401,E402
 
 __all__ = ["create", "lookup", "names", "register"]
