@@ -299,3 +299,11 @@ def test_eval_mode_turns_dropout_off():
   state = jax.jit(built.init)()
   assert not nnx.merge(built.graphdef, state)[0].backbone.dropout.deterministic
   assert nnx.merge(built.eval_graphdef, state)[0].backbone.dropout.deterministic
+
+
+def test_moe_balancing_loss_reaches_the_trainer(tmp_path):
+  """The MoE's recorded load-balancing loss is added to the training loss and logged."""
+  config = tiny("moe")
+  train.train_and_evaluate(config, str(tmp_path))
+  (record,) = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert record["aux_loss"] > 0

@@ -5,7 +5,7 @@
 >>> lstm = models.create('lstm', in_features=8, hidden_features=16, rngs=nnx.Rngs(0))
 """
 
-from seqscale.models.registry import create, lookup, names, register
+from seqscale.models.registry import AuxLoss, auxiliary_loss, create, lookup, names, register
 
 # Importing a family module registers its models.
 from seqscale.models import recurrent  # noqa: F401,E402
@@ -20,4 +20,4 @@ from seqscale.models import lstm_attention  # noqa: F401,E402
 from seqscale.models import factorized_lstm  # noqa: F401,E402
 from seqscale.models import moe  # noqa: F401,E402
 
-__all__ = ["create", "lookup", "names", "register"]
+__all__ = ["AuxLoss", "auxiliary_loss", "create", "lookup", "names", "register"]

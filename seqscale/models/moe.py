@@ -33,24 +33,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from seqscale.models import recurrent
 from seqscale.models import transformer
-from seqscale.models.registry import register
+from seqscale.models.registry import AuxLoss, auxiliary_loss, register  # noqa: F401
 from seqscale.ops import moe as ops
 
 Array = jax.Array
 
 
-class AuxLoss(nnx.Variable):
-  """An auxiliary loss computed in the forward pass, for the trainer to add to its loss."""
-
-
 class ExpertParam(nnx.Param):
   """A parameter whose leading axis is the expert axis E (sharded by ``shard_experts``)."""
-
-
-def auxiliary_loss(model: nnx.Module) -> Array:
-  """The sum of every ``AuxLoss`` in ``model`` as of its last call (0.0 if it has none)."""
-  leaves = jax.tree.leaves(nnx.state(model, AuxLoss))
-  return sum(leaves, jnp.zeros((), jnp.float32))
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -11,6 +11,8 @@ import importlib
 import inspect
 from typing import Any, Callable, TypeVar
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
@@ -79,3 +81,16 @@ def create(name: str, *, rngs: nnx.Rngs, **hparams: Any) -> nnx.Module:
           f"model {name!r} does not take {', '.join(map(repr, unknown))}; "
           f"it takes: {', '.join(allowed)}")
   return ctor(**hparams, rngs=rngs)
+
+
+class AuxLoss(nnx.Variable):
+  """An auxiliary loss a model records in its forward pass (e.g. MoE load balancing).
+
+  Part of the model interface: the trainer adds :func:`auxiliary_loss` to the task loss.
+  """
+
+
+def auxiliary_loss(model: nnx.Module) -> jax.Array:
+  """The sum of every ``AuxLoss`` in ``model`` as of its last call (0.0 if it has none)."""
+  leaves = jax.tree.leaves(nnx.state(model, AuxLoss))
+  return sum(leaves, jnp.zeros((), jnp.float32))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from seqscale import models
 from seqscale.train import losses
 
 Array = jax.Array
@@ -49,14 +50,17 @@ def make_train_step(graphdef: nnx.GraphDef, axis_name: str | None = None) -> Ste
       weight = sums["weight"]
       if axis_name is not None:
         weight = jax.lax.pmean(weight, axis_name)
-      return sums["loss"] / jnp.maximum(weight, 1e-12), sums
+      # Auxiliary losses the forward pass recorded (MoE load balancing); 0 for most models.
+      aux = models.auxiliary_loss(model)
+      return sums["loss"] / jnp.maximum(weight, 1e-12) + aux, (sums, aux)
 
-    grads, sums = nnx.grad(loss_fn, has_aux=True)(model)
+    grads, (sums, aux) = nnx.grad(loss_fn, has_aux=True)(model)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       sums = jax.lax.psum(sums, axis_name)
     optimizer.update(model, grads)
     metrics = losses.finalize(sums)
+    metrics["aux_loss"] = aux if axis_name is None else jax.lax.pmean(aux, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(nnx.state(model, nnx.Param))
     return nnx.state((model, optimizer)), metrics
