@@ -8,6 +8,10 @@ out so that copying from PyTorch is a transpose:
 
 and likewise ``b_ih``, ``b_hh`` (no transpose). States are tuples over layers of tuples over
 directions of carries: ``state[l][d]`` is h_BD, or (h_BD, c_BD) for the LSTM.
+
+``impl="fast"`` (the default) runs ``ops.fast_recurrent`` (a hand-written backward pass:
+the recurrent weight gradient as one matmul over all steps); ``impl="reference"`` runs the
+plain ``ops.recurrent`` scan. Both compute the same function and gradient.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqscale.models.registry import register
+from seqscale.ops import fast_recurrent
 from seqscale.ops import recurrent as ops
 
 Array = jax.Array
+
+
+_IMPLS = {"fast": fast_recurrent.run, "reference": ops.run}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -70,12 +78,16 @@ class _Recurrent(nnx.Module):
   cell: str = ""
 
   def __init__(self, in_features: int, hidden_features: int, num_layers: int = 1,
-               bidirectional: bool = False, dropout_rate: float = 0.0, unroll: int = 1,
-               dtype: Any = None, *, rngs: nnx.Rngs):
+               bidirectional: bool = False, dropout_rate: float = 0.0,
+               unroll: int | None = None, dtype: Any = None, impl: str = "fast", *,
+               rngs: nnx.Rngs):
     _check_int("in_features", in_features, 1)
     _check_int("hidden_features", hidden_features, 1)
     _check_int("num_layers", num_layers, 1)
-    _check_int("unroll", unroll, 1)
+    if unroll is not None:
+      _check_int("unroll", unroll, 1)
+    if impl not in _IMPLS:
+      raise ValueError(f"impl={impl!r}; allowed: {', '.join(_IMPLS)}")
     if not isinstance(bidirectional, bool):
       raise ValueError(f"bidirectional={bidirectional!r}; must be True or False")
     if (isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float))
@@ -85,7 +97,8 @@ class _Recurrent(nnx.Module):
     self.hidden_features = hidden_features
     self.num_layers = num_layers
     self.bidirectional = bidirectional
-    self.unroll = unroll
+    self.unroll = unroll  # None: the implementation's tuned default
+    self.impl = impl
     self.dtype = dtype
     self.causal = not bidirectional
     num_dirs = 2 if bidirectional else 1
@@ -128,8 +141,9 @@ class _Recurrent(nnx.Module):
       outs, carries = [], []
       for d, weights in enumerate(layer.directions()):
         carry = None if initial_state is None else initial_state[l][d]
-        y_BTD, carry = ops.run(self.cell, h_BTD, weights.params(dtype), carry, lengths_B,
-                               reverse=d == 1, unroll=self.unroll)
+        y_BTD, carry = _IMPLS[self.impl](
+            self.cell, h_BTD, weights.params(dtype), carry, lengths_B, reverse=d == 1,
+            unroll=self.unroll if self.unroll is not None or self.impl == "fast" else 1)
         outs.append(y_BTD)
         carries.append(carry)
       h_BTD = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)

@@ -14,6 +14,12 @@ of embeddings and positions) and, as in PyTorch and tensor2tensor, on the attent
 all at `dropout_rate`. `norm='post'` is the paper's LayerNorm(x + Sublayer(x)); `norm='pre'`
 is x + Sublayer(LayerNorm(x)) with a final LayerNorm after the stack.
 
+`attention_impl` picks how attention is computed (the same function):
+"auto" (default: `ops.blockwise_attention`, memory linear in T, masked blocks skipped; the
+reference whenever dropout on the weights is active, or for a one-query decoding step),
+"blockwise", "reference" (`ops.attention`, the readable einsum version), "xla" or "cudnn"
+(`jax.nn.dot_product_attention`).
+
 Shapes: B batch, T target/query length, S source length, I input features, D width,
 H heads, K head dim, F feed-forward width, V vocabulary.
 """
@@ -30,6 +36,7 @@ from flax import nnx
 
 from seqscale.models.registry import register
 from seqscale.ops import attention as attn_ops
+from seqscale.ops import blockwise_attention
 
 Array = jax.Array
 
@@ -70,6 +77,12 @@ def _check_common(*, hidden_features, num_layers, num_heads, ff_features, positi
   return ff_features
 
 
+def _check_impl(attention_impl: Any) -> None:
+  if attention_impl not in blockwise_attention.IMPLS:
+    raise ValueError(f"attention_impl={attention_impl!r}: must be one of "
+                     f"{blockwise_attention.IMPLS}")
+
+
 # ---------------------------------------------------------------------------------------
 # Attention
 
@@ -95,7 +108,9 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, in_features: int, num_heads: int, *, qkv_features: int | None = None,
                out_features: int | None = None, in_kv_features: int | None = None,
-               dropout_rate: float = 0.0, dtype: Any = None, rngs: nnx.Rngs):
+               dropout_rate: float = 0.0, dtype: Any = None, impl: str = "auto",
+               rngs: nnx.Rngs):
+    _check_impl(impl)
     qkv_features = in_features if qkv_features is None else qkv_features
     out_features = in_features if out_features is None else out_features
     in_kv_features = in_features if in_kv_features is None else in_kv_features
@@ -103,7 +118,7 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(
           f"qkv_features={qkv_features!r}: must be divisible by num_heads={num_heads!r}")
     H, K = num_heads, qkv_features // num_heads
-    self.num_heads, self.head_dim, self.dtype = H, K, dtype
+    self.num_heads, self.head_dim, self.dtype, self.impl = H, K, dtype, impl
     self.query = _Dense((in_features, H, K), (H, K), in_features, rngs=rngs)
     self.key = _Dense((in_kv_features, H, K), (H, K), in_kv_features, rngs=rngs)
     self.value = _Dense((in_kv_features, H, K), (H, K), in_kv_features, rngs=rngs)
@@ -128,10 +143,12 @@ class MultiHeadAttention(nnx.Module):
     """Attention over given keys/values then the output projection -> y_BTD.
 
     `mask_kwargs` are those of `ops.attention.dot_product_attention` (causal,
-    key_padding_mask_BS, local_window, mask, query_offset).
+    key_padding_mask_BS, local_window, mask, query_offset); `self.impl` computes it.
     """
-    o_BTHK = attn_ops.dot_product_attention(
-        q_BTHK, k_BSHK, v_BSHK, dropout_fn=self.dropout, **mask_kwargs)
+    active = self.dropout is not None and not self.dropout.deterministic
+    o_BTHK = blockwise_attention.attention(
+        q_BTHK, k_BSHK, v_BSHK, impl=self.impl, dropout_fn=self.dropout if active else None,
+        **mask_kwargs)
     kernel, bias = self.out.kernel[...], self.out.bias[...]
     if self.dtype is not None:
       kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
@@ -173,14 +190,15 @@ class _Layer(nnx.Module):
 
   def __init__(self, D: int, H: int, F: int, *, causal: bool, cross_attention: bool,
                local_window: int | None, norm: str, dropout_rate: float, dtype: Any,
-               rngs: nnx.Rngs):
+               attention_impl: str = "auto", rngs: nnx.Rngs):
     self.causal, self.local_window, self.norm_position = causal, local_window, norm
     ln = lambda: nnx.LayerNorm(D, epsilon=_LN_EPSILON, dtype=dtype, rngs=rngs)
-    self.self_attn = MultiHeadAttention(D, H, dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+    self.self_attn = MultiHeadAttention(D, H, dropout_rate=dropout_rate, dtype=dtype,
+                                        impl=attention_impl, rngs=rngs)
     self.self_attn_norm = ln()
     if cross_attention:
       self.cross_attn = MultiHeadAttention(
-          D, H, dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+          D, H, dropout_rate=dropout_rate, dtype=dtype, impl=attention_impl, rngs=rngs)
       self.cross_attn_norm = ln()
     else:
       self.cross_attn = self.cross_attn_norm = None
@@ -232,7 +250,7 @@ class _Stack(nnx.Module):
   def __init__(self, D: int, *, num_layers: int, num_heads: int, ff_features: int,
                causal: bool, cross_attention: bool, positions: str, max_length: int,
                norm: str, local_window: int | None, dropout_rate: float, dtype: Any,
-               rngs: nnx.Rngs):
+               attention_impl: str = "auto", rngs: nnx.Rngs):
     self.D, self.causal, self.positions, self.max_length = D, causal, positions, max_length
     self.dtype = dtype
     self.position_embed = (
@@ -242,7 +260,7 @@ class _Stack(nnx.Module):
     self.layers = nnx.List([
         _Layer(D, num_heads, ff_features, causal=causal, cross_attention=cross_attention,
                local_window=local_window, norm=norm, dropout_rate=dropout_rate, dtype=dtype,
-               rngs=rngs) for _ in range(num_layers)])
+               attention_impl=attention_impl, rngs=rngs) for _ in range(num_layers)])
     self.final_norm = (nnx.LayerNorm(D, epsilon=_LN_EPSILON, dtype=dtype, rngs=rngs)
                        if norm == "pre" else None)
 
@@ -331,15 +349,16 @@ class Transformer(nnx.Module):
                num_heads: int = 4, ff_features: int | None = None, causal: bool = False,
                positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
                local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
-               *, rngs: nnx.Rngs):
+               attention_impl: str = "auto", *, rngs: nnx.Rngs):
     _check_int("in_features", in_features, 1)
+    _check_impl(attention_impl)
     ff_features = _check_common(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
         ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
         local_window=local_window, dropout_rate=dropout_rate)
     kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
               max_length=max_length, norm=norm, local_window=local_window,
-              dropout_rate=dropout_rate, dtype=dtype)
+              dropout_rate=dropout_rate, dtype=dtype, attention_impl=attention_impl)
     self.causal, self.out_features = bool(causal), hidden_features
     self.embed = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
     self.stack = _Stack(hidden_features, ff_features=ff_features, causal=self.causal,
@@ -373,7 +392,9 @@ class TransformerSeq2Seq(nnx.Module):
                num_heads: int = 4, ff_features: int | None = None,
                positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
                local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
-               tgt_in_features: int | None = None, *, rngs: nnx.Rngs):
+               tgt_in_features: int | None = None, attention_impl: str = "auto", *,
+               rngs: nnx.Rngs):
+    _check_impl(attention_impl)
     tgt_in_features = in_features if tgt_in_features is None else tgt_in_features
     _check_int("in_features", in_features, 1)
     _check_int("tgt_in_features", tgt_in_features, 1)
@@ -383,7 +404,7 @@ class TransformerSeq2Seq(nnx.Module):
         local_window=local_window, dropout_rate=dropout_rate)
     kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
               max_length=max_length, norm=norm, local_window=local_window,
-              dropout_rate=dropout_rate, dtype=dtype)
+              dropout_rate=dropout_rate, dtype=dtype, attention_impl=attention_impl)
     self.causal, self.out_features = True, hidden_features
     self.src_embed = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
     self.encoder = _Stack(hidden_features, ff_features=ff_features, causal=False,
@@ -428,15 +449,17 @@ class TransformerLM(nnx.Module):
                num_heads: int = 4, ff_features: int | None = None,
                positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
                local_window: int | None = None, dropout_rate: float = 0.0,
-               tie_embeddings: bool = True, dtype: Any = None, *, rngs: nnx.Rngs):
+               tie_embeddings: bool = True, dtype: Any = None, attention_impl: str = "auto",
+               *, rngs: nnx.Rngs):
     _check_int("vocab_size", vocab_size, 1)
+    _check_impl(attention_impl)
     ff_features = _check_common(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
         ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
         local_window=local_window, dropout_rate=dropout_rate)
     kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
               max_length=max_length, norm=norm, local_window=local_window,
-              dropout_rate=dropout_rate, dtype=dtype)
+              dropout_rate=dropout_rate, dtype=dtype, attention_impl=attention_impl)
     self.causal, self.out_features = True, vocab_size
     self.embed = nnx.Embed(vocab_size, hidden_features, dtype=dtype, rngs=rngs)
     self.stack = _Stack(hidden_features, ff_features=ff_features, causal=True,

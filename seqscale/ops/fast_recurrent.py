@@ -1,0 +1,339 @@
+"""The recurrent layers of ``ops.recurrent``, with a hand-written backward pass.
+
+Same functions, parameters and results as ``seqscale.ops.recurrent`` (read that file for
+the math; it stays the readable reference); only the way they are computed differs.
+``jax.grad`` of a ``lax.scan`` closes over the recurrent weights, so its transpose adds
+``h_{t-1}^T @ dgates_t`` into a [D, G*D] accumulator *inside* the backward loop: T small
+matmuls plus T read-modify-writes of the whole weight gradient. Here the scan's VJP is
+written by hand (``jax.custom_vjp``):
+
+  forward:  batch-major (no transposes); the biases folded into one; each step one matmul
+            and few elementwise kernels (the LSTM takes one sigmoid over all four gates,
+            ``tanh(a) = 2 sigmoid(2a) - 1``); the loop saves the carries it produced and
+            the gate activations;
+  backward: a reverse loop carries only dh (and dc) and emits dgates_t [B, G*D]; then
+            dW_hh = sum_t h_{t-1}^T dgates_t is ONE [D, T*B] @ [T*B, G*D] matmul (h_{t-1}
+            is the saved carries shifted by one step), dW_ih likewise with x, the biases
+            one reduction.
+
+The serial chain is unchanged: T steps of ``h @ w_hh`` forward and ``dgates @ w_hh^T``
+backward.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from seqscale.ops import recurrent as ref
+
+Array = jax.Array
+Params = ref.Params
+Carry = ref.Carry
+
+# Steps per loop iteration. Measured on a shared 2-core CPU (B=32, D=256): 1 was as fast
+# as 2 or 4 forward and faster backward, where unrolling only grew the program.
+DEFAULT_UNROLL = 1
+
+
+# ------------------------------------------------------------------------------ the cells
+# step(carry, inputs) -> (new carry, saved_BX); the step's output is h. For the RNN and
+# LSTM ``inputs`` is the whole pre-activation [B, G*D] (input and hidden halves, biases);
+# the GRU's reset gate multiplies the hidden half of n, so it gets (xw_BG, hw_BG).
+# back(carry_prev, saved_BX, dcarry) -> (dcarry_rest, dxw_BG, dhw_BG): the gradients of the
+# input half and of the hidden half (``h @ w_hh``) of the pre-activation, and of the
+# previous carry *except* through ``h @ w_hh`` (the caller adds ``dhw @ w_hh^T``).
+# ``dcarry`` already includes the gradient of the step's output.
+
+
+def _rnn_step(h, pre):
+  del h
+  h = jnp.tanh(pre)
+  return h, h
+
+
+def _rnn_back(h_prev, h, dh):
+  da = dh * (1 - h * h)
+  return jnp.zeros_like(h_prev), da, da
+
+
+# LSTM gates i, f, g, o; g's pre-activation is doubled so one sigmoid serves all four.
+def _gate_scale(D: int, dtype: Any, g: float) -> Array:
+  return jnp.concatenate([jnp.ones(2 * D, dtype), jnp.full((D,), g, dtype),
+                          jnp.ones(D, dtype)])
+
+
+def _lstm_step(carry, pre):
+  _, c = carry
+  s = jax.nn.sigmoid(pre * _gate_scale(c.shape[-1], pre.dtype, 2))
+  i, f, g, o = jnp.split(s, 4, axis=-1)
+  c = f * c + i * (2 * g - 1)
+  return (o * jnp.tanh(c), c), s
+
+
+def _lstm_back(carry_prev, s, dcarry):
+  h, c = carry_prev
+  dh, dc = dcarry
+  i, f, g, o = jnp.split(s, 4, axis=-1)
+  g = 2 * g - 1
+  tc = jnp.tanh(f * c + i * g)  # recomputed: cheaper than saving c' for every step
+  dc = dc + dh * o * (1 - tc * tc)
+  # d sigmoid = s (1 - s); for g = 2 sigmoid(2a) - 1, dg/da = 4 s (1 - s) = 1 - g^2.
+  da = (jnp.concatenate([dc * g, dc * c, dc * i, dh * tc], axis=-1) * s * (1 - s)
+        * _gate_scale(c.shape[-1], s.dtype, 4))
+  return (jnp.zeros_like(h), dc * f), da, da
+
+
+def _gru_step(h, xw_hw):
+  xw, hw = xw_hw  # hw = h @ w_hh + (0, 0, b_hn): r and z biases are folded into xw
+  D = h.shape[-1]
+  rz = jax.nn.sigmoid(xw[:, :2 * D] + hw[:, :2 * D])
+  r, z = jnp.split(rz, 2, axis=-1)
+  hn = hw[:, 2 * D:]
+  n = jnp.tanh(xw[:, 2 * D:] + r * hn)
+  return n + z * (h - n), jnp.concatenate([rz, n, hn], axis=-1)
+
+
+def _gru_back(h, rznh, dh):
+  r, z, n, hn = jnp.split(rznh, 4, axis=-1)
+  dn = dh * (1 - z) * (1 - n * n)
+  dz = dh * (h - n) * z * (1 - z)
+  dr = dn * hn * r * (1 - r)
+  return dh * z, jnp.concatenate([dr, dz, dn], axis=-1), jnp.concatenate(
+      [dr, dz, dn * r], axis=-1)
+
+
+_CELLS = {"rnn": (_rnn_step, _rnn_back), "lstm": (_lstm_step, _lstm_back),
+          "gru": (_gru_step, _gru_back)}
+
+# The RNN and LSTM may also take the input projection inside the loop, one
+# [B, I + D] @ [I + D, G*D] matmul per step: on a CPU that skips writing and re-reading
+# the [B, T, G*D] projections, a net gain while the weights stay in cache. Up to this many
+# bytes of weights; beyond, or off the CPU, the projection is one matmul before the loop.
+IN_LOOP_PROJECTION_BYTES = 4 * 2**20
+
+
+# ------------------------------------------------------------------------------ the loop
+# Batch-major throughout: step t reads [:, t] of its inputs and writes [:, t] of its
+# outputs, so no [B, T, .] <-> [T, B, .] transposes are needed, forward or backward.
+
+
+def _at(a_BTX, t):
+  return jax.lax.dynamic_index_in_dim(a_BTX, t, axis=1, keepdims=False)
+
+
+def _put(buf_BTX, t, x_BX):
+  return jax.lax.dynamic_update_index_in_dim(buf_BTX, x_BX.astype(buf_BTX.dtype), t, axis=1)
+
+
+def _keep(valid_B, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(valid_B[:, None], a, b), new, old)
+
+
+def _time(i, T, reverse):
+  return T - 1 - i if reverse else i
+
+
+def _buffer_dtype(dtype):
+  # XLA's CPU backend writes a step into a bfloat16 buffer some 50x slower than into a
+  # float32 one (measured, jax 0.10): the loops keep their per-step buffers, and the
+  # backward pass its arithmetic, in float32 whenever the computation is narrower.
+  return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
+def _h(cell, carry):
+  return carry[0] if cell == "lstm" else carry
+
+
+def _in_loop(cell, w_ih, w_hh):
+  size = (w_ih.shape[0] + w_hh.shape[0]) * w_hh.shape[1] * w_hh.dtype.itemsize
+  return (cell != "gru" and jax.default_backend() == "cpu"
+          and size <= IN_LOOP_PROJECTION_BYTES)
+
+
+def _forward(cell, reverse, unroll, save, w, b_in, b_hh, x_BTI, carry, valid_BT):
+  """The loop: every step's carry (h is the output where the step is valid) and, with
+  ``save``, the gate values the backward pass needs. ``w`` is (w_ih, w_hh)."""
+  w_ih, w_hh = w
+  step = _CELLS[cell][0]
+  B, T, _ = x_BTI.shape
+  if _in_loop(cell, w_ih, w_hh):
+    w_cat = jnp.concatenate([w_ih, w_hh], axis=0)
+    pre = lambda t, h: jnp.concatenate([_at(x_BTI, t), h], axis=-1) @ w_cat + b_in
+  else:
+    xw_BTG = _project(x_BTI, w_ih)
+    if cell == "gru":
+      pre = lambda t, h: (_at(xw_BTG, t) + b_in, h @ w_hh + b_hh)
+    else:
+      pre = lambda t, h: _at(xw_BTG, t) + b_in + h @ w_hh
+  new0, saved0 = jax.eval_shape(lambda c: step(c, pre(0, _h(cell, c))), carry)
+  bufs = lambda a: jnp.zeros((B, T) + a.shape[1:], _buffer_dtype(a.dtype))
+  outs = (jax.tree.map(bufs, new0), bufs(saved0) if save else None)
+
+  def body(i, state):
+    carry, (carries, saved) = state
+    t = _time(i, T, reverse)
+    new, s = step(carry, pre(t, _h(cell, carry)))
+    if valid_BT is not None:  # a padded step leaves the carry as it was
+      new = _keep(_at(valid_BT, t), new, carry)
+    carries = jax.tree.map(lambda buf, x: _put(buf, t, x), carries, new)
+    return new, (carries, None if saved is None else _put(saved, t, s))
+
+  return jax.lax.fori_loop(0, T, body, (carry, outs), unroll=unroll)
+
+
+def _outputs(cell, carries, valid_BT, dtype):
+  h_BTD = _h(cell, carries).astype(dtype)
+  return h_BTD if valid_BT is None else jnp.where(valid_BT[..., None], h_BTD, 0)
+
+
+def _project(x_BTI, w_ih):
+  return (x_BTI.reshape(-1, x_BTI.shape[-1]) @ w_ih).reshape(*x_BTI.shape[:2], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _layer(cell, reverse, unroll, w, b_in, b_hh, x_BTI, carry, valid_BT):
+  final, (carries, _) = _forward(cell, reverse, unroll, False, w, b_in, b_hh, x_BTI, carry,
+                                 valid_BT)
+  return _outputs(cell, carries, valid_BT, _h(cell, final).dtype), final
+
+
+def _layer_fwd(cell, reverse, unroll, w, b_in, b_hh, x_BTI, carry, valid_BT):
+  final, (carries, saved) = _forward(cell, reverse, unroll, True, w, b_in, b_hh, x_BTI,
+                                     carry, valid_BT)
+  res = (w, b_hh, x_BTI, carry, carries, saved, valid_BT)
+  return (_outputs(cell, carries, valid_BT, _h(cell, final).dtype), final), res
+
+
+def _previous(carries, carry0, reverse):
+  """The carry each step started from: the emitted carries shifted by one step."""
+  def shift(all_BTD, first_BD):
+    first = first_BD[:, None].astype(all_BTD.dtype)
+    if reverse:
+      return jnp.concatenate([all_BTD[:, 1:], first], axis=1)
+    return jnp.concatenate([first, all_BTD[:, :-1]], axis=1)
+  return jax.tree.map(shift, carries, carry0)
+
+
+def _matmul_tn(a_NX, b_NY, dtype):
+  """a^T @ b over the long leading axis (written so, XLA lays it out best on CPU)."""
+  return jnp.matmul(a_NX.T, b_NY, preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _layer_bwd(cell, reverse, unroll, res, cts):
+  (w_ih, w_hh), b_hh, x_BTI, carry0, carries, saved, valid_BT = res
+  dy_BTD, dfinal = cts
+  back = _CELLS[cell][1]
+  prev = _previous(carries, carry0, reverse)
+  (B, T, I), D, G = x_BTI.shape, w_hh.shape[0], w_hh.shape[1]
+  in_loop = _in_loop(cell, w_ih, w_hh)
+  bdt = saved.dtype  # the loop computes in this (float32 for narrower computations)
+  # In the loop: dhw_t @ [w_hh; w_ih]^T gives the previous h's gradient and dx_t at once.
+  w_t = (jnp.concatenate([w_hh, w_ih], axis=0).T if in_loop else w_hh.T).astype(bdt)
+  lstm = cell == "lstm"
+
+  def body(i, state):
+    dcarry, dxw, dx = state
+    t = _time(i, T, not reverse)
+    dy_BD = _at(dy_BTD, t).astype(bdt)
+    d_in = (dcarry[0] + dy_BD, dcarry[1]) if lstm else dcarry + dy_BD
+    if valid_BT is not None:  # a padded step: no gradient through the cell ...
+      valid_B = _at(valid_BT, t)
+      d_in = _keep(valid_B, d_in, jax.tree.map(jnp.zeros_like, d_in))
+    rest, dxw_BG, dhw_BG = back(jax.tree.map(lambda a: _at(a, t), prev), _at(saved, t), d_in)
+    d = dhw_BG @ w_t
+    dh = _h(cell, rest) + d[:, :D]
+    dprev = (dh, rest[1]) if lstm else dh
+    if valid_BT is not None:  # ... but the carry's gradient passes straight through
+      dprev = jax.tree.map(lambda a, b: a + jnp.where(valid_B[:, None], 0, b), dprev, dcarry)
+    return dprev, _put(dxw, t, dxw_BG), (_put(dx, t, d[:, D:]) if in_loop else dx)
+
+  dx0 = jnp.zeros(x_BTI.shape, bdt) if in_loop else None
+  dfinal_b = jax.tree.map(lambda a: a.astype(bdt), dfinal)
+  dcarry, dxw_BTG, dx_BTI = jax.lax.fori_loop(
+      0, T, body, (dfinal_b, jnp.zeros((B, T, G), bdt), dx0), unroll=unroll)
+  dcarry = jax.tree.map(lambda a, c: a.astype(c.dtype), dcarry, dfinal)
+  dxw = dxw_BTG.reshape(B * T, G)
+  h_prev = _h(cell, prev).reshape(B * T, D)
+  # Every step's weight gradients at once: [I or D, T*B] @ [T*B, G*D].
+  dw_ih = _matmul_tn(x_BTI.reshape(B * T, I), dxw, w_ih.dtype)
+  db_in = jnp.sum(dxw, axis=0, dtype=jnp.float32).astype(w_ih.dtype)
+  if in_loop:
+    dx_BTI = dx_BTI.astype(x_BTI.dtype)
+  else:
+    dx_BTI = (dxw @ w_ih.T.astype(bdt)).reshape(x_BTI.shape).astype(x_BTI.dtype)
+  if cell == "gru":  # the n gate's hidden half enters multiplied by r (and has b_hn)
+    dhn = dxw_BTG[..., 2 * D:] * saved[..., :D]
+    dw_hh = jnp.concatenate([_matmul_tn(h_prev, dxw[:, :2 * D], w_hh.dtype),
+                             _matmul_tn(h_prev, dhn.reshape(B * T, D), w_hh.dtype)], axis=1)
+    db_hh = jnp.concatenate([jnp.zeros((2 * D,), b_hh.dtype), jnp.sum(
+        dhn, axis=(0, 1), dtype=jnp.float32).astype(b_hh.dtype)])
+  else:
+    dw_hh, db_hh = _matmul_tn(h_prev, dxw, w_hh.dtype), None
+  dvalid = None if valid_BT is None else jnp.zeros(valid_BT.shape, jax.dtypes.float0)
+  return (dw_ih, dw_hh), db_in, db_hh, dx_BTI, dcarry, dvalid
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
+def run(cell: str, x_BTI: Array, params: Params, carry: Carry | None = None,
+        lengths_B: Array | None = None, *, reverse: bool = False,
+        unroll: int | bool | None = None) -> tuple[Array, Carry]:
+  """As ``ops.recurrent.run`` (same arguments and results), with the hand-written VJP.
+
+  ``unroll`` None takes ``DEFAULT_UNROLL``.
+  """
+  if cell not in _CELLS:
+    raise ValueError(f"cell={cell!r}; allowed: {', '.join(_CELLS)}")
+  check_unroll(unroll)
+  unroll = DEFAULT_UNROLL if unroll is None else unroll
+  if isinstance(unroll, bool):
+    unroll = max(x_BTI.shape[1], 1) if unroll else 1
+  dtype = jnp.result_type(x_BTI, params["w_ih"])
+  if carry is None:
+    carry = ref.zero_carry(cell, x_BTI.shape[0], params["w_hh"].shape[0], dtype)
+  b_ih, b_hh = params["b_ih"], params["b_hh"]
+  if cell == "gru":  # fold b_hh's r and z parts into b_in; its n part stays in hw
+    D = params["w_hh"].shape[0]
+    b_in, b_hh = b_ih + b_hh.at[2 * D:].set(0), b_hh.at[:2 * D].set(0)
+  else:
+    b_in, b_hh = b_ih + b_hh, None
+  valid_BT = None
+  if lengths_B is not None:
+    valid_BT = jnp.arange(x_BTI.shape[1])[None, :] < jnp.asarray(lengths_B)[:, None]
+  return _layer(cell, reverse, unroll, (params["w_ih"], params["w_hh"]), b_in, b_hh,
+                x_BTI.astype(dtype), carry, valid_BT)
+
+
+def rnn(x_BTI: Array, params: Params, h_BD: Array | None = None,
+        lengths_B: Array | None = None, *, reverse: bool = False,
+        unroll: int | bool | None = None) -> tuple[Array, Array]:
+  """Elman RNN (tanh) over [B, T, I] -> (y_BTD, h_BD). See ``run``."""
+  return run("rnn", x_BTI, params, h_BD, lengths_B, reverse=reverse, unroll=unroll)
+
+
+def lstm(x_BTI: Array, params: Params, carry: tuple[Array, Array] | None = None,
+         lengths_B: Array | None = None, *, reverse: bool = False,
+         unroll: int | bool | None = None) -> tuple[Array, tuple[Array, Array]]:
+  """LSTM over [B, T, I] -> (y_BTD, (h_BD, c_BD)). See ``run``."""
+  return run("lstm", x_BTI, params, carry, lengths_B, reverse=reverse, unroll=unroll)
+
+
+def gru(x_BTI: Array, params: Params, h_BD: Array | None = None,
+        lengths_B: Array | None = None, *, reverse: bool = False,
+        unroll: int | bool | None = None) -> tuple[Array, Array]:
+  """GRU (PyTorch semantics) over [B, T, I] -> (y_BTD, h_BD). See ``run``."""
+  return run("gru", x_BTI, params, h_BD, lengths_B, reverse=reverse, unroll=unroll)
+
+
+def check_unroll(unroll: Any) -> None:
+  """Raises ValueError unless ``unroll`` is None, a bool or an int >= 1."""
+  if unroll is None or isinstance(unroll, bool):
+    return
+  if not isinstance(unroll, int) or unroll < 1:
+    raise ValueError(f"unroll={unroll!r}; must be None (the tuned default), a bool or an "
+                     "int >= 1")

@@ -1,0 +1,270 @@
+"""The fast paths equal the readable references: outputs and gradients.
+
+``ops.fast_recurrent`` (hand-written VJP) against ``ops.recurrent`` (a plain scan), and
+``ops.blockwise_attention`` (online softmax, skipped blocks, recomputed backward) against
+``ops.attention`` (the einsum reference); both references are themselves checked against
+PyTorch, Flax and NumPy in test_recurrent.py and test_attention.py. Then the models'
+default paths against their ``impl="reference"`` twins, and a smoke run of the benchmark.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from seqscale import models
+from seqscale.analysis import bench
+from seqscale.ops import attention as attn_ref
+from seqscale.ops import blockwise_attention as bw
+from seqscale.ops import fast_recurrent as fast
+from seqscale.ops import recurrent as rec_ref
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _close(a, b, atol=2e-5, rtol=2e-5):
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(v, np.float32),
+                               atol=atol, rtol=rtol)
+
+
+def _value_and_grads(fn, *args):
+  """fn's outputs and the gradient of a fixed random projection of them w.r.t. args."""
+  out = fn(*args)
+  weights = jax.tree.map(
+      lambda y: jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)), out)
+  loss = lambda *a: sum(jnp.sum(y.astype(jnp.float32) * w) for y, w in
+                        zip(jax.tree.leaves(fn(*a)), jax.tree.leaves(weights)))
+  return out, jax.grad(loss, argnums=tuple(range(len(args))))(*args)
+
+
+# ----------------------------------------------------------------------------- recurrent
+
+
+def _rec_inputs(cell, rng, B=3, T=9, I=5, D=6):
+  g = GATES[cell] * D
+  shapes = dict(w_ih=(I, g), w_hh=(D, g), b_ih=(g,), b_hh=(g,))
+  params = {k: jnp.asarray(rng.uniform(-0.5, 0.5, s), jnp.float32) for k, s in shapes.items()}
+  x = jnp.asarray(rng.normal(size=(B, T, I)), jnp.float32)
+  h = jnp.asarray(rng.normal(size=(B, D)) * 0.5, jnp.float32)
+  carry = (h, 0.3 * h) if cell == "lstm" else h
+  return params, x, carry
+
+
+@pytest.mark.parametrize("cell,in_loop", [
+    ("rnn", True), ("lstm", True), ("lstm", False), ("gru", False)])
+def test_fast_recurrent_equals_reference(cell, in_loop, rng, monkeypatch):
+  # The GRU always projects its inputs before the loop; the RNN and LSTM may do it inside.
+  if not in_loop:
+    monkeypatch.setattr(fast, "IN_LOOP_PROJECTION_BYTES", 0)
+  params, x, carry = _rec_inputs(cell, rng)
+  for lengths, reverse in ((None, False), (jnp.array([9, 4, 0]), False),
+                           (jnp.array([9, 4, 0]), True), (None, True)):
+    def run(module, params, x, carry, lengths=lengths, reverse=reverse):
+      return module.run(cell, x, params, carry, lengths, reverse=reverse)
+    want = _value_and_grads(lambda *a: run(rec_ref, *a), params, x, carry)
+    got = jax.jit(lambda *a: _value_and_grads(lambda *b: run(fast, *b), *a))(
+        params, x, carry)
+    _close(got, want)
+
+
+@pytest.mark.parametrize("cell", ["lstm"])
+def test_fast_recurrent_unroll_and_zero_carry(cell, rng):
+  params, x, _ = _rec_inputs(cell, rng)
+  want = _value_and_grads(lambda p, x: rec_ref.run(cell, x, p), params, x)
+  for unroll in (3, True):
+    got = _value_and_grads(lambda p, x: fast.run(cell, x, p, unroll=unroll), params, x)
+    _close(got, want)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fast_recurrent_bfloat16_follows_float32(cell, rng):
+  params, x, carry = _rec_inputs(cell, rng, T=16)
+  bf = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)
+  want = _value_and_grads(lambda *a: fast.run(cell, a[1], a[0], a[2]), params, x, carry)
+  got = _value_and_grads(lambda *a: fast.run(cell, a[1], a[0], a[2]), *bf((params, x, carry)))
+  assert jax.tree.leaves(got[0])[0].dtype == jnp.bfloat16
+  _close(got, want, atol=0.15, rtol=0.1)
+
+
+def test_fast_recurrent_rejects_bad_arguments(rng):
+  params, x, _ = _rec_inputs("lstm", rng)
+  with pytest.raises(ValueError, match="cell"):
+    fast.run("elman", x, params)
+  with pytest.raises(ValueError, match="unroll"):
+    fast.run("lstm", x, params, unroll=0)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_recurrent_models_default_equals_reference(name, rng):
+  kw = dict(in_features=4, hidden_features=5, num_layers=2, bidirectional=True)
+  fast_model = models.create(name, rngs=nnx.Rngs(0), **kw)
+  ref_model = models.create(name, rngs=nnx.Rngs(0), impl="reference", **kw)
+  assert fast_model.impl == "fast"
+  x = jnp.asarray(rng.normal(size=(3, 7, 4)), jnp.float32)
+  mask = jnp.arange(7)[None, :] < jnp.array([7, 5, 2])[:, None]
+
+  def fn(model):
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    return lambda p, x: nnx.merge(graphdef, p, rest)(x, mask=mask)
+
+  params = nnx.state(fast_model, nnx.Param)
+  _close(_value_and_grads(fn(fast_model), params, x),
+         _value_and_grads(fn(ref_model), params, x))
+  with pytest.raises(ValueError, match="impl"):
+    models.create(name, rngs=nnx.Rngs(0), impl="cudnn", **kw)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _qkv(rng, B=2, T=13, S=13, H=3, K=8, dtype=jnp.float32):
+  mk = lambda n: jnp.asarray(rng.normal(size=(B, n, H, K)), dtype)
+  return mk(T), mk(S), mk(S)
+
+
+ATTENTION_CASES = {
+    "non_causal": dict(),
+    "causal": dict(causal=True),
+    "padding": dict(key_padding_mask_BS=np.arange(13)[None, :] < np.array([13, 5])[:, None]),
+    "causal_padding": dict(causal=True, key_padding_mask_BS=np.arange(13)[None, :]
+                           < np.array([1, 8])[:, None]),
+    "window": dict(local_window=2),
+    "causal_window": dict(causal=True, local_window=3),
+    "query_offset": dict(causal=True, query_offset=4),  # T=13 queries at positions 4..16
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
+@pytest.mark.parametrize("blocks", [(4, 4), (3, 5)], ids=lambda b: f"b{b[0]}x{b[1]}")
+def test_blockwise_attention_equals_reference(case, blocks, rng):
+  kw = ATTENTION_CASES[case]
+  S = 17 if "query_offset" in kw else 13
+  q, k, v = _qkv(rng, S=S)
+  if "key_padding_mask_BS" in kw:
+    kw = dict(kw, key_padding_mask_BS=jnp.asarray(kw["key_padding_mask_BS"]))
+  want = _value_and_grads(lambda q, k, v: attn_ref.dot_product_attention(q, k, v, **kw),
+                          q, k, v)
+  got = jax.jit(lambda q, k, v: _value_and_grads(
+      lambda q, k, v: bw.blockwise_attention(q, k, v, block_q=blocks[0], block_k=blocks[1],
+                                             **kw), q, k, v))(q, k, v)
+  _close(got, want)
+
+
+def test_blockwise_attention_fully_masked_rows_are_zero_and_finite(rng):
+  q, k, v = _qkv(rng, T=6, S=6)
+  kpm = jnp.array([[True] * 6, [False] * 6])  # example 1 may see no key at all
+  out, grads = _value_and_grads(
+      lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True, key_padding_mask_BS=kpm,
+                                             block_q=2, block_k=4), q, k, v)
+  assert np.all(np.asarray(out[1]) == 0)
+  assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_blockwise_attention_traced_query_offset_decoding(rng):
+  # One query at a traced position against a cache, as the KV-cache step does.
+  q, k, v = _qkv(rng, T=1, S=11)
+  step = jax.jit(lambda q, k, v, i: bw.blockwise_attention(
+      q, k, v, causal=True, local_window=4, query_offset=i, block_k=4))
+  for i in (0, 5, 10):
+    _close(step(q, k, v, i), attn_ref.dot_product_attention(
+        q, k, v, causal=True, local_window=4, query_offset=i))
+
+
+def test_blockwise_attention_bfloat16_follows_float32(rng):
+  q, k, v = _qkv(rng, T=32, S=32)
+  bf = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)
+  fn = lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True, block_q=8, block_k=8)
+  want = _value_and_grads(fn, q, k, v)
+  got = _value_and_grads(fn, *bf((q, k, v)))
+  assert got[0].dtype == jnp.bfloat16
+  _close(got, want, atol=0.1, rtol=0.05)
+
+
+def test_blockwise_attention_memory_grows_linearly_in_T():
+  def peak(fn, T):
+    x = jax.ShapeDtypeStruct((1, T, 2, 16), jnp.float32)
+    g = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2))
+    return bench.peak_bytes(jax.jit(g).lower(x, x, x).compile())
+  blockwise = lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True)
+  reference = lambda q, k, v: attn_ref.dot_product_attention(q, k, v, causal=True)
+  assert peak(blockwise, 4096) < 5 * peak(blockwise, 1024)  # linear: about 4x
+  assert peak(reference, 4096) > 10 * peak(reference, 1024)  # quadratic: about 16x
+  assert peak(blockwise, 4096) * 20 < peak(reference, 4096)
+
+
+def test_attention_dispatch(rng):
+  q, k, v = _qkv(rng)  # T = 13 < the default block: one block each way
+  want = attn_ref.dot_product_attention(q, k, v, causal=True, local_window=3)
+  for impl in ("auto", "blockwise", "reference", "xla"):
+    _close(bw.attention(q, k, v, impl=impl, causal=True, local_window=3), want)
+  with pytest.raises(ValueError, match="impl"):
+    bw.attention(q, k, v, impl="flash")
+  with pytest.raises(ValueError, match="mask"):
+    bw.attention(q, k, v, impl="blockwise", mask=jnp.ones((1, 1, 13, 13), bool))
+  with pytest.raises(ValueError, match="local_window"):
+    bw.blockwise_attention(q, k, v, local_window=-1)
+  with pytest.raises(ValueError, match="block_q"):
+    bw.blockwise_attention(q, k, v, block_q=0)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("transformer", dict(in_features=3, causal=True, local_window=4)),
+    pytest.param("transformer", dict(in_features=3, norm="pre"), marks=pytest.mark.slow),
+    ("transformer_lm", dict(vocab_size=11)),
+    pytest.param("transformer_seq2seq", dict(in_features=3), marks=pytest.mark.slow),
+])
+def test_transformer_default_equals_reference(name, kw, rng):
+  kw = dict(kw, hidden_features=8, num_layers=2, num_heads=2)
+  ours = models.create(name, rngs=nnx.Rngs(0), **kw)
+  ref = models.create(name, rngs=nnx.Rngs(0), attention_impl="reference", **kw)
+  B, T = 2, 10
+  if name == "transformer_lm":
+    inputs = (jnp.asarray(rng.integers(0, 11, (B, T)), jnp.int32),)
+  else:
+    x = jnp.asarray(rng.normal(size=(B, T, 3)), jnp.float32)
+    inputs = (x,) if name == "transformer" else (x[:, :7], x)
+  mask = jnp.arange(T)[None, :] < jnp.array([T, 6])[:, None]
+  call_kw = {"mask": mask} if name == "transformer" else {}
+
+  def fn(model):
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    return lambda p: nnx.merge(graphdef, p, rest)(*inputs, **call_kw)
+
+  params = nnx.state(ours, nnx.Param)
+  _close(_value_and_grads(fn(ours), params), _value_and_grads(fn(ref), params))
+  with pytest.raises(ValueError, match="attention_impl"):
+    models.create(name, rngs=nnx.Rngs(0), attention_impl="flash", **kw)
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+@pytest.mark.slow
+def test_bench_smoke(tmp_path):
+  s = bench.Settings(lengths=(8,), bf16_lengths=None, tokens=16, width=8, head_dim=4,
+                     dtypes=("float32",), layers=("lstm", "attention"), repeats=1,
+                     min_repeats=1, matmul_size=32, targets=False)
+  result = bench.run(s)
+  rows = result["rows"]
+  keys = {"layer", "impl", "T", "B", "D", "dtype", "pass", "median_s", "tokens_per_s",
+          "peak_bytes", "compile_s"}
+  assert all(keys <= set(r) for r in rows)
+  got = {(r["layer"], r["impl"], r["pass"]) for r in rows if r["median_s"]}
+  for layer, impl in [("lstm", "seqscale"), ("lstm", "seqscale_reference"),
+                      ("lstm", "flax_nnx_rnn_lstmcell"), ("attention", "seqscale"),
+                      ("attention", "jax_nn_dpa_xla"), ("matmul", "jax")]:
+    for pass_ in (("fwd",) if layer == "matmul" else ("fwd", "fwd_bwd")):
+      assert (layer, impl, pass_) in got
+  md = bench.save(str(tmp_path), result, {"test": True})
+  assert "| lstm | float32 | fwd_bwd | 8 | 2 | seqscale |" in md
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["context"] == {"test": True} and len(saved["rows"]) == len(rows)
+  assert (tmp_path / "tokens_per_s_float32.png").exists()
+  with pytest.raises(ValueError, match="layers"):
+    bench.run(bench.Settings(layers=("nope",)))
+  with pytest.raises(ValueError, match="dtypes"):
+    bench.run(bench.Settings(dtypes=("float64",)))
