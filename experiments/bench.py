@@ -1,7 +1,7 @@
 r"""seqscale's layers next to the best peers: time, tokens/s, memory; ratios in one run.
 
-  python -m experiments.bench --workdir=/tmp/bench          # T = 128 .. 8192, ~15 min
-  python -m experiments.bench --workdir=/tmp/bench_quick --quick   # small, ~1-2 min
+  python -m experiments.bench --workdir=/tmp/bench                # T = 128 .. 8192, ~15 min
+  python -m experiments.bench --workdir=/tmp/bench_quick --quick  # T = 128, float32, ~1 min
 
 For every registered model (one layer of each family), causal attention and multi-head
 attention: forward and forward+backward time per step (median of repetitions, compile
@@ -9,7 +9,9 @@ time apart), tokens/s and compiled peak memory, float32 and bfloat16, with the p
 the same group, timed round-robin (torch.nn.LSTM/GRU/RNN, flax.nnx.RNN, torch sdpa,
 jax.nn.dot_product_attention, flax.nnx.MultiHeadAttention, a large matmul). Then the
 targets of issue 8 (ratios in the same run). Writes results.json, results.md and PNG plots
-to --workdir. Hardware: any; the numbers in the README come from a shared 2-core CPU.
+to --workdir. Default: bfloat16 at T = 512 and 2048 only (``--lengths``/``--dtypes`` widen
+it); models too slow or too large to measure get a row saying so. Hardware: any; measured
+on a shared 2-core AMD EPYC CPU: 15 min default, 1 min --quick.
 """
 
 import dataclasses
@@ -66,9 +68,9 @@ def main(argv: list[str]) -> None:
   s = dataclasses.replace(s, **changes)
   try:
     result = bench.run(s, progress=_progress)
-    md = bench.save(_WORKDIR.value, result,
-                    context.run_context(config=dataclasses.asdict(s), omp_wait_policy=os.environ.get(
-                        "OMP_WAIT_POLICY"), **bench.versions()))
+    ctx = context.run_context(config=dataclasses.asdict(s), **bench.versions(),
+                              omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
+    md = bench.save(_WORKDIR.value, result, ctx)
   except ValueError as e:
     _fail(e, 1)
   print(md, flush=True)

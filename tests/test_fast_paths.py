@@ -201,6 +201,10 @@ def test_attention_dispatch(rng):
   want = attn_ref.dot_product_attention(q, k, v, causal=True, local_window=3)
   for impl in ("auto", "blockwise", "reference", "xla"):
     _close(bw.attention(q, k, v, impl=impl, causal=True, local_window=3), want)
+  decode = jax.jit(lambda q, k, v, i: bw.attention(q[:, :1], k, v, impl="xla", causal=True,
+                                                   query_offset=i))
+  _close(decode(q, k, v, 5), attn_ref.dot_product_attention(q[:, :1], k, v, causal=True,
+                                                            query_offset=5))
   with pytest.raises(ValueError, match="impl"):
     bw.attention(q, k, v, impl="flash")
   with pytest.raises(ValueError, match="mask"):
