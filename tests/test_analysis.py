@@ -148,6 +148,8 @@ def test_memory_reports_temporaries():
   f = lambda x, w: jnp.tanh(jnp.tanh(x @ w) @ w)
   mem = analysis.memory(f, x, w, backward=True, argnums=(0, 1))
   if mem is None:
+    # The CPU backend (this project's CI) has memory_analysis: there the test must run.
+    assert jax.default_backend() != "cpu", "memory_analysis returned None on CPU"
     pytest.skip("memory_analysis unavailable on this backend")
   assert mem.temp_bytes > 0
   assert mem.argument_bytes == x.nbytes + w.nbytes
