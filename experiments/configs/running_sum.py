@@ -28,6 +28,9 @@ MODELS = {
     "transformer": dict(in_features=64, hidden_features=64, num_layers=2, num_heads=4,
                         causal=True),
     "lru": dict(in_features=64, hidden_features=128, num_layers=2),
+    # 8 dilated layers (kernel 2): a receptive field of 256 positions covers 4x the length.
+    "wavenet": dict(in_features=64, hidden_features=128, num_layers=8),
+    "mingru": dict(in_features=64, hidden_features=128, num_layers=2, mode="associative"),
 }
 
 

@@ -551,7 +551,8 @@ def _header(config: Config, context: Mapping[str, Any]) -> list[str]:
       "positions.", ""]
 
 
-def _main_table(cells: Sequence[dict[str, Any]]) -> list[str]:
+def main_table(cells: Sequence[dict[str, Any]]) -> list[str]:
+  """The paper's cells beside the measured ones, one markdown line per layer."""
   lines = ["| layer | paper row | paper: complexity | measured FLOPs vs n | measured FLOPs vs d "
            "| paper: sequential ops | measured depth (ops) vs n | paper: max path | measured "
            "path (ops) vs n |", "|---|---|---|---|---|---|---|---|---|"]
@@ -622,7 +623,7 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], co
              context: Mapping[str, Any]) -> str:
   """``table1.md``: the paper's table beside the measured one, findings, definitions, data."""
   definitions = DEFINITIONS.format(**dataclasses.asdict(config))
-  return "\n".join([*_header(config, context), *_main_table(cells), "",
+  return "\n".join([*_header(config, context), *main_table(cells), "",
                     *_side_table(rows, cells, config), "", *_findings(cells), "", definitions,
                     *_raw_tables(rows, config)]) + "\n"
 
