@@ -56,8 +56,8 @@ class Settings:
   depth_ns: tuple[int, ...] = (4, 16, 64, 256, 1024, 4096)  # running-sum n
   attention_max_n: int = 1024  # attention's [n, n] scores: not run above
   table1: table1.Config = table1.Config(
-      layers=TABLE1_LAYERS, n_values=(8, 16, 64, 256), d_fixed=16, d_values=(16, 64),
-      n_fixed=256, path_max_n=16, heads=2, regime=4)
+      layers=TABLE1_LAYERS, n_values=(16, 64, 256), d_fixed=16, d_values=(16, 64),
+      n_fixed=256, path_max_n=0, heads=2, regime=4)  # path lengths: experiments.table1
   step_models: tuple[str, ...] = STEP_MODELS
   step_lengths: tuple[int, ...] = (64, 256, 1024)
   step_tokens: int = 8192  # B = step_tokens // T: every T processes the same tokens
@@ -96,7 +96,7 @@ class Settings:
 QUICK = Settings(
     depth_ns=(4, 16, 64), attention_max_n=64,
     table1=table1.Config(layers=("self_attention", "lstm", "conv"), n_values=(8, 32),
-                         d_fixed=8, d_values=(8, 16), n_fixed=32, path_max_n=8, heads=2,
+                         d_fixed=8, d_values=(8, 16), n_fixed=32, path_max_n=0, heads=2,
                          regime=2),
     step_lengths=(16, 64), step_tokens=256, step_width=16, sharding_T=32, repeats=1)
 

@@ -265,7 +265,10 @@ def markdown(results: Row) -> str:
   if "table1" in secs:
     sec = secs["table1"]
     lines += ["## 2. " + TITLES["table1"], "", "\n".join(table1.main_table(sec["cells"])), "",
-              "The whole table, its raw numbers and the definitions: `table1/table1.md`.", "",
+              "Path lengths are left out of this compact sweep (their unrolled evaluation "
+              "costs minutes; the connectivity picture shows them): `python -m "
+              "experiments.table1` measures them. The whole compact table, its raw numbers "
+              "and the definitions: `table1/table1.md`.", "",
               _images(sec)]
   if "step_time" in secs:
     sec = secs["step_time"]

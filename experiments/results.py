@@ -1,0 +1,75 @@
+r"""Regenerates RESULTS.md: runs every experiment into one workdir, then gathers their reports.
+
+  python -m experiments.results --workdir=/tmp/seqscale_results          # everything
+  python -m experiments.results --workdir=/tmp/seqscale_results --compose_only
+  python -m experiments.results --workdir=/tmp/r --only=overview,pictures --out=/tmp/R.md
+  python -m experiments.results --list
+
+An experiment that finished in ``--workdir`` earlier is kept (so a stopped regeneration
+resumes where it stopped); ``--rerun=NAME,...`` runs those again. Each run's output goes to
+``WORKDIR/<name>.log``. Writes ``--out`` (default ``RESULTS.md`` in the repository) and
+copies the plots it shows into ``docs/results/``.
+Hardware: CPU, 2 cores: about 100 minutes for everything (long_range 40, bench 15, crossover
+11, running_sum 8, overview 5, table1 4.5, the eleven quick trainings about 1 each). A failed
+experiment is reported and the others still run; the exit code is then 1.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from seqscale.analysis import results_md
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the experiments write (one folder "
+                               "each); kept between runs.")
+_OUT = flags.DEFINE_string("out", os.path.join(_ROOT, "RESULTS.md"), "The file written.")
+_DOCS = flags.DEFINE_string("docs_dir", os.path.join(_ROOT, "docs", "results"),
+                            "Where the plots RESULTS.md shows are copied.")
+_ONLY = flags.DEFINE_list("only", None, "Experiments to run and gather (default all; see "
+                          "--list).")
+_SKIP = flags.DEFINE_list("skip", [], "Experiments to leave out.")
+_RERUN = flags.DEFINE_list("rerun", [], "Experiments to run again even if finished.")
+_COMPOSE_ONLY = flags.DEFINE_bool("compose_only", False, "Run nothing; gather what "
+                                  "--workdir holds.")
+_LIST = flags.DEFINE_bool("list", False, "Print the experiments and their commands, exit.")
+
+
+def _fail(message: str, code: int = 1) -> None:
+  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments {argv[1:]}", 2)
+  if _LIST.value:
+    for e in results_md.EXPERIMENTS:
+      print(f"{e.name:28s} ~{e.minutes:4g} min  {e.command()}")
+    return
+  if not _WORKDIR.value:
+    _fail("--workdir is required (a directory, existing or new)", 2)
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    _fail(f"--workdir={_WORKDIR.value}: is a file; pass a directory (existing or new)")
+  try:
+    experiments = results_md.select(_ONLY.value, _SKIP.value)
+    results_md.select(_RERUN.value or None)  # names checked
+  except ValueError as e:
+    _fail(e)
+  failed = []
+  if not _COMPOSE_ONLY.value:
+    failed = results_md.run_missing(experiments, workdir, rerun=_RERUN.value,
+                                    progress=lambda line: print(line, flush=True))
+  results_md.compose(experiments, workdir, _OUT.value, _DOCS.value)
+  done = sum(results_md.finished(workdir, e) for e in experiments)
+  print(f"wrote {_OUT.value} ({done} of {len(experiments)} experiments; plots in "
+        f"{_DOCS.value})", flush=True)
+  if failed:
+    _fail(f"experiments {failed} failed; their output is in {workdir}/<name>.log")
+
+
+if __name__ == "__main__":
+  app.run(main)

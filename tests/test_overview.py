@@ -1,0 +1,98 @@
+"""The overview (README's main job): settings checks, the summary arithmetic, and a quick run
+end to end through the command line."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from seqscale.analysis import overview
+from seqscale.analysis import overview_report
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(sections=("running_sum", "nope")), "sections=.*subset of running_sum"),
+    (dict(sections=()), "sections=.*non-empty"),
+    (dict(depth_ns=(4, 1)), "depth_ns=.*ints >= 2"),
+    (dict(step_models=("lstm", "gru")), "step_models="),
+    (dict(step_width=24), "step_width=24: must be a multiple of 16"),
+    (dict(sharding_devices=1), "sharding_devices=1: must be an int >= 2"),
+    (dict(sharding_T=250), "sharding_T=250: must be a multiple of 2 x sharding_devices"),
+    (dict(repeats=0), "repeats=0"),
+])
+def test_bad_settings_name_the_field(change, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(overview.Settings(), **change).check()
+
+
+def test_default_and_quick_settings_are_valid():
+  overview.Settings().check()
+  overview.QUICK.check()
+
+
+def test_training_section_needs_configs(tmp_path):
+  with pytest.raises(ValueError, match="train_configs"):
+    overview.run(overview.QUICK, str(tmp_path))
+
+
+def test_sharding_ratios():
+  rows = [dict(strategy="attention_compiler", devices=1, flops_per_device=100.0,
+               critical_path=13),
+          dict(strategy="attention_compiler", devices=2, flops_per_device=52.0,
+               critical_path=13),
+          dict(strategy="lstm_carry_passing", devices=1, flops_per_device=80.0,
+               critical_path=257),
+          dict(strategy="lstm_carry_passing", devices=2, flops_per_device=70.0,
+               critical_path=257)]
+  r = overview_report.sharding_ratios(rows)
+  assert r["attention_compiler"]["flops_per_device"] == pytest.approx(0.52)
+  assert r["lstm_carry_passing"]["critical_path"] == 1.0
+  assert r["lstm_carry_passing"]["devices"] == 2
+
+
+def test_bad_flag_is_one_error_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.overview", f"--workdir={tmp_path}",
+                         "--sections=running_sum,bogus"], cwd=ROOT, capture_output=True,
+                        text=True)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: sections=")
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_overview_end_to_end(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.overview", "--quick",
+                         f"--workdir={tmp_path}", "--train_models=lstm"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  for i, name in enumerate(overview.SECTIONS, 1):  # a progress line per section
+    assert f"[overview {i}/5] {name} done in" in out
+  assert "| running sum of [2, 5, 3, 7] | [2, 7, 10, 17] by all three (exact)" in out
+  results = json.loads((tmp_path / "results.json").read_text())
+  secs = results["sections"]
+  for row in secs["running_sum"]["seed_demo"]:
+    assert row["outputs"] == [2, 7, 10, 17]
+  # A scan of n steps has depth 2n + 1 here (the seed's n = 4 gives 9): hand-derived.
+  for row in secs["running_sum"]["rows"]:
+    if row["method"] == "rnn_scan":
+      assert row["sequential_depth"] == 2 * row["n"] + 1
+  # Attention's work halves on 2 devices; the LSTM's chain does not shorten.
+  ratios = overview_report.sharding_ratios(secs["sharding"]["rows"])
+  assert ratios["attention_compiler"]["flops_per_device"] < 0.6
+  assert ratios["lstm_carry_passing"]["critical_path"] == 1.0
+  assert all(r["max_abs_err"] < 1e-4 for r in secs["sharding"]["rows"])
+  steps = secs["step_time"]["rows"]
+  assert len(steps) == len(overview.STEP_MODELS) * len(overview.QUICK.step_lengths) * 2
+  assert all(r["median_s"] > 0 for r in steps)
+  [train] = secs["training"]["rows"]
+  assert train["model"] == "lstm" and 0 <= train["accuracy"] <= 1
+  md = (tmp_path / "overview.md").read_text()
+  assert md.index("## Summary") < md.index("## 1.") < md.index("## 5.")
+  for png in ("running_sum.png", "step_time.png", "sharding.png", "training.png",
+              "table1/depth_vs_n.png"):
+    assert f"]({png})" in md and os.path.getsize(tmp_path / png) > 1000
