@@ -18,7 +18,7 @@ In Python: ``train.train_and_evaluate(config, workdir)`` returns what ``results.
 
 from seqscale.train.checkpoint import load_arrays
 from seqscale.train.config import default_config, validate
-from seqscale.train.trainer import NonFiniteLossError, get_task, train_and_evaluate
+from seqscale.train.trainer import NonFiniteLossError, get_task, restore_model, train_and_evaluate
 
 __all__ = ["NonFiniteLossError", "default_config", "get_task", "load_arrays",
-           "train_and_evaluate", "validate"]
+           "restore_model", "train_and_evaluate", "validate"]

@@ -307,3 +307,33 @@ def _markdown(results: dict[str, Any]) -> str:
             f"{results['compile_time_s']:.2f} s (not in steps/s); "
             f"{results['steps_per_s']:.1f} steps/s, {results['tokens_per_s']:,.0f} input tokens/s"]
   return "\n".join(lines) + "\n"
+
+
+def restore_model(config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+                  ) -> tuple[model_lib.TaskModel, int]:
+  """The model ``train_and_evaluate(config, workdir)`` trained, in eval mode.
+
+  Rebuilds the task model from ``config`` and copies in the parameters of checkpoint
+  ``step`` (default: the latest) of ``workdir``. Returns ``(model, step)``; the registry
+  model is ``model.backbone``.
+
+  Raises:
+    ValueError: no checkpoint in ``workdir``, or one that does not fit ``config``'s model.
+  """
+  config = config_lib.validate(config)
+  task = get_task(config.task.to_dict())
+  split = next(iter(task.eval_splits))  # finite, unlike "train" (repeated forever)
+  batch = task.dataset(split, batch_size=1, seed=config.seed)[0]
+  spec = model_lib.TaskSpec.of(task, has_seq2seq="src" in batch, has_qa="story" in batch)
+  model = model_lib.build(config.model.name, config.model.hparams.to_dict(), spec,
+                          rngs=nnx.Rngs(config.seed), pooling=config.model.pooling)
+  step, arrays = checkpoint_lib.load_arrays(workdir, step)
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Param):  # a checkpoint is nnx.state((model, optimizer)): "0/..."
+      key = "/".join(["0", *map(str, path), "value"])
+      if key not in arrays or arrays[key].shape != node.value.shape:
+        raise ValueError(f"checkpoint {step} in {workdir} has no parameter {key} of shape "
+                         f"{node.value.shape}; was it trained with this config?")
+      node.value = jax.numpy.asarray(arrays[key])
+  model.eval()
+  return model, step
