@@ -41,6 +41,7 @@ from seqscale.analysis import table1
 
 Row = dict[str, Any]
 Progress = Callable[[str], None]
+TrainFn = Callable[[Any, str], Row]  # (config, workdir) -> results, as train_and_evaluate
 
 SECTIONS = ("running_sum", "table1", "step_time", "sharding", "training")
 STEP_MODELS = ("lstm", "wavenet", "transformer", "mingru")
@@ -203,14 +204,17 @@ def section_sharding(s: Settings, workdir: str, progress: Progress) -> Row:
   return {"rows": rows, "T": s.sharding_T, "plots": ["sharding.png"]}
 
 
-def section_training(configs: Mapping[str, Any], workdir: str, progress: Progress) -> Row:
-  """``train_and_evaluate`` for each (model name -> config); a finished run resumes at its
-  end, so rerunning the overview re-trains nothing."""
-  from seqscale import train  # pylint: disable=g-import-not-at-top
+def section_training(configs: Mapping[str, Any], train_fn: TrainFn, workdir: str,
+                     progress: Progress) -> Row:
+  """``train_fn(config, workdir/train/<name>)`` for each (model name -> config).
+
+  ``train_fn`` is ``seqscale.train.train_and_evaluate`` (passed in: ``train`` sits above
+  ``analysis``); a finished run resumes at its end, so rerunning re-trains nothing.
+  """
   rows = []
   for name, config in configs.items():
     start = time.perf_counter()
-    results = train.train_and_evaluate(config, os.path.join(workdir, "train", name))
+    results = train_fn(config, os.path.join(workdir, "train", name))
     row = running_sum.training_row(name, config.model.hparams.to_dict(), results)
     rows.append(row)
     progress(f"{name}: accuracy {row['accuracy']:.3f} at T={row['train_length']}, "
@@ -225,7 +229,8 @@ def section_training(configs: Mapping[str, Any], workdir: str, progress: Progres
 
 
 def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | None = None,
-        context: Mapping[str, Any] | None = None, progress: Progress = print) -> Row:
+        train_fn: TrainFn | None = None, context: Mapping[str, Any] | None = None,
+        progress: Progress = print) -> Row:
   """Runs the sections, writes ``overview.md``, ``results.json`` and PNGs; returns results.
 
   Args:
@@ -234,17 +239,19 @@ def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | 
     train_configs: model name -> trainer config for the ``training`` section (the
       experiment builds them from ``experiments/configs/running_sum.py``); required when
       ``training`` is among the sections.
+    train_fn: ``seqscale.train.train_and_evaluate``, required with ``train_configs``.
     context: versions, devices, git commit (``seqscale.train.context.run_context()``).
     progress: called with one line per step of the work.
   """
   from seqscale.analysis import overview_report  # pylint: disable=g-import-not-at-top
   settings.check()
-  if "training" in settings.sections and not train_configs:
-    raise ValueError("the training section needs train_configs (model name -> config)")
+  if "training" in settings.sections and not (train_configs and train_fn):
+    raise ValueError("the training section needs train_configs (model name -> config) and "
+                     "train_fn (seqscale.train.train_and_evaluate)")
   workdir = running_sum._workdir(workdir)  # pylint: disable=protected-access
   fns = {"running_sum": section_running_sum, "table1": section_table1,
          "step_time": section_step_time, "sharding": section_sharding,
-         "training": lambda s, w, p: section_training(train_configs, w, p)}
+         "training": lambda s, w, p: section_training(train_configs, train_fn, w, p)}
   start = time.perf_counter()
   results: Row = {"experiment": "overview", "settings": _plain(dataclasses.asdict(settings)),
                   "context": dict(context or table1.basic_context()), "sections": {},
