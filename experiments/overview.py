@@ -35,14 +35,14 @@ _QUICK = flags.DEFINE_bool("quick", False, "A smoke run in well under a minute (
 _SECTIONS = flags.DEFINE_list("sections", None, "Sections to run (default all): running_sum, "
                               "table1, step_time, sharding, training.")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Training steps per model "
-                                    "(default 600; 20 with --quick).")
+                                    "(default 1,000; 20 with --quick).")
 _TRAIN_MODELS = flags.DEFINE_list("train_models", ["lstm", "wavenet", "transformer", "mingru"],
                                   "Models trained on running_sum (names in "
                                   "experiments/configs/running_sum.py MODELS).")
 _SHARDING_DEVICES = flags.DEFINE_integer("sharding_devices", 2, "Devices of the sharding "
                                          "check (forced host devices on a CPU).")
 
-DEFAULT_TRAIN_STEPS = 600
+DEFAULT_TRAIN_STEPS = 1000
 QUICK_TRAIN_STEPS = 20
 # Peak learning rates (measured, 1,000 steps of running_sum:quick): the LSTM reaches 0.99
 # at 1e-2 but only 0.32 at the config's 3e-3; the Transformer does better at 3e-3 (0.31)

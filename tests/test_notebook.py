@@ -75,7 +75,8 @@ def test_notebook_code_cells_run_on_8_forced_cpu_devices(tmp_path):
   assert not any(r.get("forced_cpu_devices") for r in results["sections"]["sharding"]["rows"])
   rows = json.loads((tmp_path / "sharding" / "results.json").read_text())["rows"]
   assert {r["devices"] for r in rows} == {1, 8}
-  for name in ("running_sum.png", "step_time.png", "sharding.png", "training.png"):
+  for name in ("running_sum.png", "sharding.png"):  # QUICK: these two sections only
     assert (overview / name).stat().st_size > 1000
   # The display cell names every plot it shows (outside IPython it prints them).
-  assert proc.stdout.count(".png") >= 8
+  for name in ("running_sum.png", "sharding.png", "flops_per_device.png", "critical_path.png"):
+    assert name in proc.stdout
