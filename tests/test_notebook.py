@@ -75,8 +75,9 @@ def test_notebook_code_cells_run_on_8_forced_cpu_devices(tmp_path):
   assert not any(r.get("forced_cpu_devices") for r in results["sections"]["sharding"]["rows"])
   rows = json.loads((tmp_path / "sharding" / "results.json").read_text())["rows"]
   assert {r["devices"] for r in rows} == {1, 8}
-  for name in ("running_sum.png", "sharding.png"):  # QUICK: these two sections only
+  for name in ("story.png", "running_sum.png", "sharding.png"):  # QUICK: three sections
     assert (overview / name).stat().st_size > 1000
   # The display cell names every plot it shows (outside IPython it prints them).
-  for name in ("running_sum.png", "sharding.png", "flops_per_device.png", "critical_path.png"):
+  for name in ("story.png", "running_sum.png", "sharding.png", "flops_per_device.png",
+               "critical_path.png"):
     assert name in proc.stdout

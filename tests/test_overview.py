@@ -71,7 +71,7 @@ def test_quick_overview_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   for i, name in enumerate(overview.SECTIONS, 1):  # a progress line per section
-    assert f"[overview {i}/5] {name} done in" in out
+    assert f"[overview {i}/{len(overview.SECTIONS)}] {name} done in" in out
   assert "| running sum of [2, 5, 3, 7] | [2, 7, 10, 17] by all three (exact)" in out
   results = json.loads((tmp_path / "results.json").read_text())
   secs = results["sections"]
@@ -92,7 +92,12 @@ def test_quick_overview_end_to_end(tmp_path):
   [train] = secs["training"]["rows"]
   assert train["model"] == "lstm" and 0 <= train["accuracy"] <= 1
   md = (tmp_path / "overview.md").read_text()
-  assert md.index("## Summary") < md.index("## 1.") < md.index("## 5.")
-  for png in ("running_sum.png", "step_time.png", "sharding.png", "training.png",
-              "table1/depth_vs_n.png"):
+  assert md.index("## Summary") < md.index("## 1.") < md.index("## 6.")
+  # Hand-derived reach at T = 8: kernel 3 sees 2L + 1 inputs, dilated kernel 2 sees 2^L.
+  kinds = secs["connectivity"]["kinds"]
+  assert kinds["conv"]["receptive_field"] == [3, 5, 7, 8]
+  assert kinds["dilated_conv"]["receptive_field"] == [2, 4, 8, 8]
+  assert kinds["attention"]["receptive_field"] == [8] * 4
+  for png in ("running_sum.png", "connectivity.png", "story.png", "step_time.png",
+              "sharding.png", "training.png", "table1/depth_vs_n.png"):
     assert f"]({png})" in md and os.path.getsize(tmp_path / png) > 1000

@@ -1,10 +1,12 @@
 """The overview: seqscale's argument measured small, in one report (``experiments.overview``).
 
-Five sections, each a call into the library that the full experiments make at full size:
+Six sections, each a call into the library that the full experiments make at full size:
 
 1. ``running_sum``: the seed's [2, 5, 3, 7] -> [2, 7, 10, 17] by ``lax.scan``,
    ``lax.associative_scan`` and attention, and the sequential depth of each against n
-   (``seqscale.analysis.running_sum``);
+   (``seqscale.analysis.running_sum``); then ``connectivity``: which inputs each output
+   depends on after 1-4 layers of attention, convolution, dilated convolution and an RNN
+   (``seqscale.analysis.pictures``); the two make ``story.png``;
 2. ``table1``: Table 1 of "Attention Is All You Need" on a compact sweep of five layer types
    (``seqscale.analysis.table1``);
 3. ``step_time``: forward and forward+backward time of one layer of ``lstm``, ``wavenet``,
@@ -43,7 +45,7 @@ Row = dict[str, Any]
 Progress = Callable[[str], None]
 TrainFn = Callable[[Any, str], Row]  # (config, workdir) -> results, as train_and_evaluate
 
-SECTIONS = ("running_sum", "table1", "step_time", "sharding", "training")
+SECTIONS = ("running_sum", "connectivity", "table1", "step_time", "sharding", "training")
 STEP_MODELS = ("lstm", "wavenet", "transformer", "mingru")
 SHARDING_STRATEGIES = ("attention_compiler", "lstm_carry_passing")
 TABLE1_LAYERS = ("self_attention", "lstm", "conv", "dilated_conv",
@@ -56,6 +58,7 @@ class Settings:
   sections: tuple[str, ...] = SECTIONS
   depth_ns: tuple[int, ...] = (4, 16, 64, 256, 1024, 4096)  # running-sum n
   attention_max_n: int = 1024  # attention's [n, n] scores: not run above
+  connectivity_T: int = 32  # positions of the connectivity pictures
   table1: table1.Config = table1.Config(
       layers=TABLE1_LAYERS, n_values=(16, 64, 256), d_fixed=16, d_values=(16, 64),
       n_fixed=256, path_max_n=0, heads=2, regime=4)  # path lengths: experiments.table1
@@ -95,7 +98,7 @@ class Settings:
 
 
 QUICK = Settings(
-    depth_ns=(4, 16, 64), attention_max_n=64,
+    depth_ns=(4, 16, 64), attention_max_n=64, connectivity_T=8,
     table1=table1.Config(layers=("self_attention", "lstm", "conv"), n_values=(8, 32),
                          d_fixed=8, d_values=(8, 16), n_fixed=32, path_max_n=0, heads=2,
                          regime=2),
@@ -112,6 +115,20 @@ def section_running_sum(s: Settings, workdir: str, progress: Progress) -> Row:
                                     repeats=s.repeats, progress=progress)
   running_sum.plot_sweep(rows, os.path.join(workdir, "running_sum.png"))
   return {"seed_demo": demo, "rows": rows, "skipped": skipped, "plots": ["running_sum.png"]}
+
+
+def section_connectivity(s: Settings, workdir: str, progress: Progress) -> Row:
+  """|dy_t/dx_s| of residual stacks of 1..4 layers per kind, T = 32 (``pictures``)."""
+  from seqscale.analysis import pictures  # pylint: disable=g-import-not-at-top
+  table = pictures.plot_connectivity(os.path.join(workdir, "connectivity.png"),
+                                     T=s.connectivity_T)
+  rows = {kind: {"receptive_field": v["receptive_field"],
+                 "layers_to_connect": v["layers_to_connect"]} for kind, v in table.items()}
+  for kind, v in rows.items():
+    progress(f"{kind}: the last output sees {v['receptive_field']} of {s.connectivity_T} "
+             f"inputs after L = 1..{len(v['receptive_field'])} layers; all pairs connected "
+             f"at L = {v['layers_to_connect']}")
+  return {"T": s.connectivity_T, "kinds": rows, "plots": ["connectivity.png"]}
 
 
 def section_table1(s: Settings, workdir: str, progress: Progress) -> Row:
@@ -249,7 +266,8 @@ def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | 
     raise ValueError("the training section needs train_configs (model name -> config) and "
                      "train_fn (seqscale.train.train_and_evaluate)")
   workdir = running_sum._workdir(workdir)  # pylint: disable=protected-access
-  fns = {"running_sum": section_running_sum, "table1": section_table1,
+  fns = {"running_sum": section_running_sum, "connectivity": section_connectivity,
+         "table1": section_table1,
          "step_time": section_step_time, "sharding": section_sharding,
          "training": lambda s, w, p: section_training(train_configs, train_fn, w, p)}
   start = time.perf_counter()
@@ -268,6 +286,8 @@ def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | 
   results["seconds"]["total"] = round(time.perf_counter() - start, 1)
   results["load_average_1_5_15min"] = running_sum._load_average()  # pylint: disable=protected-access
   results["summary"] = overview_report.summary_rows(results)
+  if "running_sum" in results["sections"] and "connectivity" in results["sections"]:
+    overview_report.plot_story(results["sections"], os.path.join(workdir, "story.png"))
   with open(os.path.join(workdir, "overview.md"), "w") as f:
     f.write(overview_report.markdown(results))
   running_sum.write_json(os.path.join(workdir, "results.json"), _plain(results))

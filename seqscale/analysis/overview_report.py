@@ -12,6 +12,7 @@ Row = dict[str, Any]
 
 TITLES = {
     "running_sum": "the running sum of [2, 5, 3, 7] three ways, sequential depth against n",
+    "connectivity": "which inputs each output depends on, after 1 to 4 layers",
     "table1": 'Table 1 of "Attention Is All You Need", measured (compact sweep)',
     "step_time": "step time against sequence length, forward and forward+backward",
     "sharding": "2 devices: attention's FLOPs per device against the LSTM's critical path",
@@ -96,6 +97,38 @@ def plot_training(rows: Sequence[Row], path: str) -> None:
   plt.close(fig)
 
 
+def plot_story(sections: Row, path: str) -> None:
+  """The README's picture: sequential depth against n, and receptive field against layers."""
+  plt = _plt()
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+  labels = {"rnn_scan": "RNN (lax.scan)", "associative_scan": "linear RNN (associative scan)",
+            "attention": "self-attention"}
+  for method in running_sum.METHODS:
+    mine = sorted((r["n"], r["sequential_depth"]) for r in sections["running_sum"]["rows"]
+                  if r["method"] == method)
+    if mine:
+      ax1.plot(*zip(*mine), "o-", label=labels[method])
+  ax1.set(xscale="log", yscale="log", xlabel="n (numbers to add)",
+          ylabel="sequential depth (dependent steps)",
+          title="Running sum of n numbers: steps that must wait")
+  ax1.grid(True, which="both", alpha=0.3)
+  ax1.legend()
+  conn = sections["connectivity"]
+  names = {"attention": "self-attention", "conv": "convolution (k=3)",
+           "dilated_conv": "dilated convolution (k=2)", "rnn": "RNN"}
+  for kind, v in conn["kinds"].items():
+    fields = v["receptive_field"]
+    ax2.plot(range(1, len(fields) + 1), fields, "o-", label=names.get(kind, kind))
+  ax2.set(xlabel="layers L", ylabel=f"inputs the last output sees (of {conn['T']})",
+          title="Reach: positions connected after L layers", ylim=(0, conn["T"] * 1.08))
+  ax2.set_xticks(range(1, len(fields) + 1))
+  ax2.grid(True, alpha=0.3)
+  ax2.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 # ------------------------------------------------------------------------------ summary
 
 
@@ -118,6 +151,12 @@ def _depth_text(sec: Row) -> str:
                    f"{mine[-1]['sequential_depth']:,} (n = {mine[0]['n']} -> "
                    f"{mine[-1]['n']:,})")
   return "; ".join(parts)
+
+
+def _connectivity_text(sec: Row) -> str:
+  return "; ".join(f"{kind} {'/'.join(map(str, v['receptive_field']))} (all pairs at L = "
+                   f"{v['layers_to_connect']})" for kind, v in sec["kinds"].items()
+                   ) + f" (of T = {sec['T']})"
 
 
 def _table1_text(sec: Row) -> str:
@@ -194,6 +233,9 @@ def summary_rows(results: Row) -> list[Row]:
   if "running_sum" in secs:
     add("running_sum", "running sum of [2, 5, 3, 7]", _seed_text(secs["running_sum"]))
     add("running_sum", "sequential depth against n", _depth_text(secs["running_sum"]))
+  if "connectivity" in secs:
+    add("connectivity", "inputs the last output sees after L = 1..4 layers",
+        _connectivity_text(secs["connectivity"]))
   if "table1" in secs:
     add("table1", "Table 1 (FLOPs and depth growth)", _table1_text(secs["table1"]))
   if "step_time" in secs:
@@ -262,9 +304,23 @@ def markdown(results: Row) -> str:
     lines += ["## 1. " + TITLES["running_sum"], "", running_sum.seed_table(sec["seed_demo"]),
               running_sum.sweep_table(sec["rows"], sec["skipped"]).split("\n\n| n | method")[0],
               "", _images(sec)]
+  if "connectivity" in secs:
+    sec = secs["connectivity"]
+    L = len(next(iter(sec["kinds"].values()))["receptive_field"])
+    lines += ["## 2. " + TITLES["connectivity"], "",
+              f"|dy_t/dx_s| through residual stacks of random layers, T = {sec['T']} "
+              "(full experiment: `python -m experiments.pictures`). Inputs the last output "
+              "depends on:", "",
+              "| layer | " + " | ".join(f"L = {l}" for l in range(1, L + 1))
+              + " | layers to connect all s <= t |", "|---|" + "---|" * (L + 1)]
+    lines += [f"| {kind} | " + " | ".join(map(str, v["receptive_field"]))
+              + f" | {v['layers_to_connect']} |" for kind, v in sec["kinds"].items()]
+    lines += ["", _images(sec)]
+    if "running_sum" in secs:
+      lines += ["Both pictures in one (`story.png`):", "", "![story.png](story.png)", ""]
   if "table1" in secs:
     sec = secs["table1"]
-    lines += ["## 2. " + TITLES["table1"], "", "\n".join(table1.main_table(sec["cells"])), "",
+    lines += ["## 3. " + TITLES["table1"], "", "\n".join(table1.main_table(sec["cells"])), "",
               "Path lengths are left out of this compact sweep (their unrolled evaluation "
               "costs minutes; the connectivity picture shows them): `python -m "
               "experiments.table1` measures them. The whole compact table, its raw numbers "
@@ -272,18 +328,18 @@ def markdown(results: Row) -> str:
               _images(sec)]
   if "step_time" in secs:
     sec = secs["step_time"]
-    lines += ["## 3. " + TITLES["step_time"], "",
+    lines += ["## 4. " + TITLES["step_time"], "",
               "Milliseconds per step (median of timed runs, compile excluded), float32, one "
               "layer of width D, the same tokens per step at every T:", "",
               _step_table(sec["rows"]), _images(sec)]
   if "sharding" in secs:
     sec = secs["sharding"]
-    lines += ["## 4. " + TITLES["sharding"], "",
+    lines += ["## 5. " + TITLES["sharding"], "",
               f"Causal attention and an LSTM at T = {sec['T']}, the sequence axis split over "
               "the devices (full experiment: `python -m experiments.sharding`):", "",
               _sharding_table(sec["rows"]), _images(sec)]
   if "training" in secs:
     sec = secs["training"]
-    lines += ["## 5. " + TITLES["training"], "", running_sum.training_table(sec["rows"]),
+    lines += ["## 6. " + TITLES["training"], "", running_sum.training_table(sec["rows"]),
               _images(sec)]
   return "\n".join(lines)
