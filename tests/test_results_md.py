@@ -48,7 +48,8 @@ def test_runs_missing_then_resumes_and_reruns(tmp_path, fake):
   run = json.loads((tmp_path / "work" / "fake" / "run.json").read_text())
   assert run["exit_code"] == 0 and run["command"].startswith("python -m fake_experiment")
   results_md.run_missing([fake], work, rerun=["fake"], progress=lines.append)
-  assert count() == 2
+  assert count() == 1  # rerun starts from scratch: the folder was removed, then written anew
+  assert "done in" in lines[-1]
 
 
 def test_a_failed_experiment_is_reported_and_not_finished(tmp_path, fake, monkeypatch):

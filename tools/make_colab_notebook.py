@@ -66,7 +66,7 @@ def run(*args):
 
 
 overview_dir = os.path.join(WORKDIR, "overview")
-quick = ["--quick", "--sections=running_sum,connectivity,sharding"] if QUICK else []
+quick = ["--quick", "--sections=running_sum,connectivity"] if QUICK else []
 run("experiments.overview", f"--workdir={overview_dir}",
     f"--sharding_devices={max(2, NUM_DEVICES)}", *quick)
 """),
@@ -96,7 +96,7 @@ with open(os.path.join(overview_dir, "overview.md")) as f:
 display(Markdown(text[text.index("## Summary"):text.index("## 1.")]))
 for name in ("story.png", "connectivity.png", "running_sum.png", "step_time.png",
              "sharding.png", "training.png", "table1/depth_vs_n.png"):
-  if os.path.exists(os.path.join(overview_dir, name)):  # QUICK runs three sections only
+  if os.path.exists(os.path.join(overview_dir, name)):  # QUICK runs two sections only
     display(Image(filename=os.path.join(overview_dir, name)))
 for name in ("flops_per_device.png", "critical_path.png", "time.png"):
   display(Image(filename=os.path.join(sharding_dir, name)))

@@ -102,7 +102,7 @@ QUICK = Settings(
     table1=table1.Config(layers=("self_attention", "lstm", "conv"), n_values=(8, 32),
                          d_fixed=8, d_values=(8, 16), n_fixed=32, path_max_n=0, heads=2,
                          regime=2),
-    step_lengths=(16, 64), step_tokens=256, step_width=16, sharding_T=32, repeats=1)
+    step_lengths=(16,), step_tokens=256, step_width=16, sharding_T=32, repeats=1)
 
 
 # ------------------------------------------------------------------------------ sections

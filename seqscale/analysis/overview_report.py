@@ -101,24 +101,30 @@ def plot_story(sections: Row, path: str) -> None:
   """The README's picture: sequential depth against n, and receptive field against layers."""
   plt = _plt()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-  labels = {"rnn_scan": "RNN (lax.scan)", "associative_scan": "linear RNN (associative scan)",
-            "attention": "self-attention"}
+  # One colour per family in both panels; the RNN dashed, since it overlaps attention right.
+  style = {"rnn_scan": ("RNN (lax.scan)", "C0", "o--"),
+           "associative_scan": ("linear RNN (associative scan)", "C1", "o-"),
+           "attention": ("self-attention", "C2", "o-")}
   for method in running_sum.METHODS:
     mine = sorted((r["n"], r["sequential_depth"]) for r in sections["running_sum"]["rows"]
                   if r["method"] == method)
     if mine:
-      ax1.plot(*zip(*mine), "o-", label=labels[method])
+      label, color, fmt = style[method]
+      ax1.plot(*zip(*mine), fmt, color=color, label=label)
   ax1.set(xscale="log", yscale="log", xlabel="n (numbers to add)",
           ylabel="sequential depth (dependent steps)",
           title="Running sum of n numbers: steps that must wait")
   ax1.grid(True, which="both", alpha=0.3)
   ax1.legend()
   conn = sections["connectivity"]
-  names = {"attention": "self-attention", "conv": "convolution (k=3)",
-           "dilated_conv": "dilated convolution (k=2)", "rnn": "RNN"}
+  names = {"attention": ("self-attention", "C2", "o-", 6), "conv": ("convolution (k=3)",
+                                                                   "C3", "o-", 6),
+           "dilated_conv": ("dilated convolution (k=2)", "C4", "o-", 6),
+           "rnn": ("RNN (gradient fades with distance)", "C0", "s--", 4)}
   for kind, v in conn["kinds"].items():
     fields = v["receptive_field"]
-    ax2.plot(range(1, len(fields) + 1), fields, "o-", label=names.get(kind, kind))
+    label, color, fmt, size = names.get(kind, (kind, None, "o-", 6))
+    ax2.plot(range(1, len(fields) + 1), fields, fmt, color=color, ms=size, label=label)
   ax2.set(xlabel="layers L", ylabel=f"inputs the last output sees (of {conn['T']})",
           title="Reach: positions connected after L layers", ylim=(0, conn["T"] * 1.08))
   ax2.set_xticks(range(1, len(fields) + 1))

@@ -117,7 +117,8 @@ def finished(workdir: str, e: Experiment) -> bool:
 
 def run_missing(experiments: Sequence[Experiment], workdir: str, *,
                 rerun: Sequence[str] = (), progress: Progress = print) -> list[str]:
-  """Runs each experiment not yet finished in ``workdir`` (or named in ``rerun``).
+  """Runs each experiment not yet finished in ``workdir``, and those in ``rerun`` from
+  scratch (their folder removed first: no resume).
 
   Returns the names that failed (their output is in ``workdir/<name>.log``); the others
   still run.
@@ -129,6 +130,8 @@ def run_missing(experiments: Sequence[Experiment], workdir: str, *,
     if finished(workdir, e) and e.name not in rerun:
       progress(f"{tag}: finished earlier in {os.path.join(workdir, e.name)}; kept")
       continue
+    if e.name in rerun and os.path.isdir(os.path.join(workdir, e.name)):
+      shutil.rmtree(os.path.join(workdir, e.name))  # from scratch: nothing to resume from
     cmd = e.command(workdir)
     progress(f"{tag}: {cmd} (about {e.minutes:g} min on 2 CPU cores) ...")
     load_before, start = _load_average(), time.perf_counter()
