@@ -9,9 +9,11 @@ An experiment that finished in ``--workdir`` earlier is kept (so a stopped regen
 resumes where it stopped); ``--rerun=NAME,...`` runs those again. Each run's output goes to
 ``WORKDIR/<name>.log``. Writes ``--out`` (default ``RESULTS.md`` in the repository) and
 copies the plots it shows into ``docs/results/``.
-Hardware: CPU, 2 cores: about 100 minutes for everything (long_range 40, bench 15, crossover
-11, running_sum 8, overview 5, table1 4.5, the eleven quick trainings about 1 each). A failed
-experiment is reported and the others still run; the exit code is then 1.
+Hardware: CPU, 2 cores, measured 2026-12-02: long_range 27.6 min, table1 6.7 (while a pip
+install ran), running_sum 3.4, crossover 3.3, overview 3.2, neural_gpu quick 2.5, pictures
+1.6, sharding 0.8, the other quick trainings 0.5-1 each: about 60 min without bench; bench
+ran past 13 min without finishing (its last full run took 15 min), so over 75 min in all.
+A failed experiment is reported and the others still run; the exit code is then 1.
 """
 
 import os

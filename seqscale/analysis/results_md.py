@@ -33,7 +33,7 @@ class Experiment:
   argv: tuple[str, ...]
   report: str = "results.md"  # its markdown, in its workdir
   plots: tuple[str, ...] = ()  # PNGs (in its workdir) shown under the report
-  minutes: float = 1.0  # expected run time on 2 CPU cores, for the progress line
+  minutes: float = 1.0  # run time measured on 2 CPU cores, for the progress line
 
   def args(self, workdir: str) -> list[str]:
     return [a.replace("{dir}", os.path.join(workdir, self.name)) for a in self.argv]
@@ -50,22 +50,22 @@ def _train(config: str, title: str, minutes: float = 1.0) -> Experiment:
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("overview", "Overview (the README's main job)",
-               ("experiments.overview", "--workdir={dir}"), report="overview.md", minutes=5),
+               ("experiments.overview", "--workdir={dir}"), report="overview.md", minutes=3.5),
     Experiment("long_range", "Long-range tasks: adding problem and copy memory",
                ("experiments.long_range", "--workdir={dir}"), report="long_range.md",
-               plots=("adding_problem.png", "copy_memory.png"), minutes=40),
+               plots=("adding_problem.png", "copy_memory.png"), minutes=28),
     Experiment("pictures", "Pictures: gradient connectivity and attention maps",
                ("experiments.pictures", "--workdir={dir}"), report="pictures.md",
                plots=("connectivity.png", "attention_maps.png"), minutes=1.5),
     Experiment("running_sum", "The seed's running sum, n = 4 .. 100,000, and training",
                ("experiments.running_sum", "--workdir={dir}"), plots=("running_sum.png",),
-               minutes=8),
+               minutes=3.5),
     Experiment("crossover", "Sequential against associative scan: the crossover",
                ("experiments.crossover", "--workdir={dir}"), plots=("crossover.png",),
-               minutes=11),
+               minutes=3.5),
     Experiment("table1", 'Table 1 of "Attention Is All You Need", measured',
                ("experiments.table1", "--workdir={dir}"), report="table1.md",
-               plots=("flops_vs_n.png", "depth_vs_n.png", "path_vs_n.png"), minutes=4.5),
+               plots=("flops_vs_n.png", "depth_vs_n.png", "path_vs_n.png"), minutes=6),
     Experiment("sharding", "Sequence parallelism on 1, 2, 4, 8 devices",
                ("experiments.sharding", "--workdir={dir}", "--devices=1,2,4,8"),
                plots=("flops_per_device.png", "critical_path.png", "timeline.png"), minutes=1),
