@@ -21,7 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
-from seqscale.analysis import bench
+from seqscale.studies import bench
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (results.json, table, plots).")
 _QUICK = flags.DEFINE_bool("quick", False, "Small shapes and lengths: about a minute.")
@@ -51,7 +51,6 @@ def main(argv: list[str]) -> None:
     _fail(f"unexpected arguments {argv[1:]}", 2)
   if _OMP_WAIT.value and "OMP_WAIT_POLICY" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = _OMP_WAIT.value  # read once, when torch loads
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
   s = bench.QUICK if _QUICK.value else bench.Settings()
   changes = {"targets": _TARGETS.value}
   try:
@@ -67,10 +66,7 @@ def main(argv: list[str]) -> None:
     _fail(f"--lengths={_LENGTHS.value}: {e}", 2)
   s = dataclasses.replace(s, **changes)
   try:
-    result = bench.run(s, progress=_progress)
-    ctx = context.run_context(config=dataclasses.asdict(s), **bench.versions(),
-                              omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
-    md = bench.save(_WORKDIR.value, result, ctx)
+    md = bench.run(s, _WORKDIR.value, progress=_progress)["markdown"]
   except ValueError as e:
     _fail(e, 1)
   print(md, flush=True)

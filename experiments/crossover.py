@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from seqscale.analysis import running_sum
+from seqscale.studies import crossover
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (results.json, table, plot).")
 _QUICK = flags.DEFINE_bool("quick", False, "T up to 4,096 instead of 65,536.")
@@ -38,16 +38,16 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments {argv[1:]}", 2)
   max_t = _MAX_T.value or (4096 if _QUICK.value else 65_536)
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
+  from seqscale import outputs  # pylint: disable=g-import-not-at-top
   try:
-    ts = running_sum.crossover_lengths(max_t)
+    ts = crossover.crossover_lengths(max_t)
     settings = {"ts": ts, "B": _BATCH.value, "D": _WIDTH.value, "chunk_size": _CHUNK.value,
                 "repeats": _REPEATS.value, "dtype": "float32", "quick": _QUICK.value,
                 "inputs": "a uniform in [0.9, 1), b standard normal"}
-    rows = running_sum.crossover(ts, B=_BATCH.value, D=_WIDTH.value, chunk_size=_CHUNK.value,
+    rows = crossover.crossover(ts, B=_BATCH.value, D=_WIDTH.value, chunk_size=_CHUNK.value,
                                  repeats=_REPEATS.value, progress=logging.info)
-    md = running_sum.save_crossover(_WORKDIR.value, rows, settings=settings,
-                                    context=context.run_context(seed=0, dtype="float32"))
+    md = crossover.save_crossover(_WORKDIR.value, rows, settings=settings,
+                                    context=outputs.run_context(seed=0, dtype="float32"))
   except ValueError as e:
     _fail(e, 1)
   print(md, flush=True)

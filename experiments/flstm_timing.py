@@ -1,5 +1,5 @@
 r"""F-LSTM and G-LSTM against the LSTM at the same width: FLOPs per step, measured time and
-the sequential depth (``seqscale.analysis.flstm_timing``).
+the sequential depth (``seqscale.studies.flstm_timing``).
 
   python -m experiments.flstm_timing --workdir=/tmp/flstm_timing
   python -m experiments.flstm_timing --workdir=/tmp/flstm_timing --width=1024 \
@@ -30,8 +30,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed runs per model (median, ro
 
 def main(argv):
   del argv
-  from seqscale.analysis import flstm_timing  # pylint: disable=g-import-not-at-top
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import flstm_timing  # pylint: disable=g-import-not-at-top
+  from seqscale import outputs  # pylint: disable=g-import-not-at-top
 
   try:
     lengths = [int(t) for t in _LENGTHS.value]
@@ -45,7 +45,7 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   print(flstm_timing.write(rows, _WORKDIR.value,
-                           context.run_context(settings=settings, dtype="float32")))
+                           outputs.run_context(settings=settings, dtype="float32")))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,7 @@ import sys
 from absl import app
 from absl import flags
 
-from seqscale.train import long_range
-from seqscale.train import long_range_report
+from seqscale.studies import long_range
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (table, results.json, PNGs).")
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks (default: adding_problem,copy_memory).")
@@ -75,7 +74,7 @@ def main(argv: list[str]) -> None:
         _QUICK.value, tasks=_TASKS.value, lengths=_LENGTHS.value, models=_MODELS.value,
         seeds=_SEEDS.value, max_steps=_MAX_STEPS.value, max_train_s=_MAX_TRAIN_S.value,
         eval_every=_EVAL_EVERY.value)
-    out = long_range_report.run_experiment(settings, _WORKDIR.value)
+    out = long_range.run(settings, _WORKDIR.value)
   except ValueError as e:
     _fail(e, 2 if "--" in str(e) else 1)
   print(out["markdown"], flush=True)

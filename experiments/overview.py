@@ -10,7 +10,7 @@ Writes ``overview.md`` (the summary table, one part per section, the plots), ``r
 in full), ``step_time.png``, ``sharding.png``, ``training.png`` and ``train/<model>/`` (the
 four training runs, with checkpoints: rerunning resumes them at their end), and prints a
 progress line per step and the summary table at the end. See
-``seqscale.analysis.overview`` for what each section measures.
+``seqscale.studies.overview`` for what each section measures.
 
 Hardware: CPU, 2 cores: 3.2 min measured in a fresh virtual environment with no generated
 data (3.6 min in another run; see README / RESULTS.md); a GPU or TPU is faster,
@@ -83,9 +83,9 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     _fail("--workdir is required (a directory, existing or new)", 2)
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from seqscale.analysis import overview  # pylint: disable=g-import-not-at-top
-  from seqscale.analysis import overview_report  # pylint: disable=g-import-not-at-top
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import overview  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
+  from seqscale import outputs  # pylint: disable=g-import-not-at-top
   settings = overview.QUICK if _QUICK.value else overview.Settings()
   steps = _TRAIN_STEPS.value
   if steps is None:
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
     from seqscale import train  # pylint: disable=g-import-not-at-top
     results = overview.run(settings, _WORKDIR.value, train_configs=configs,
                            train_fn=train.train_and_evaluate,
-                           context=context.run_context(seed=0, quick=_QUICK.value),
+                           context=outputs.run_context(seed=0, quick=_QUICK.value),
                            progress=lambda line: print(line, flush=True))
   except ValueError as e:
     _fail(e)

@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
     results = _run(workdir)
   except ValueError as e:
     _fail(e, 1)
-  from seqscale.analysis import pictures  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import pictures  # pylint: disable=g-import-not-at-top
   md = pictures.markdown(results)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2, default=str)
@@ -99,8 +99,8 @@ def main(argv: list[str]) -> None:
 
 def _run(workdir: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from seqscale.analysis import pictures  # pylint: disable=g-import-not-at-top
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import pictures  # pylint: disable=g-import-not-at-top
+  from seqscale import outputs  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   table = pictures.plot_connectivity(
       os.path.join(workdir, "connectivity.png"), max_layers=_LAYERS.value, T=_LENGTH.value,
@@ -134,7 +134,7 @@ def _run(workdir: str):
                                         for w in weights],
         # For each layer and head: the key each query attends to most.
         "argmax_key_per_query": [np.asarray(w[0]).argmax(-1).tolist() for w in weights]}
-  results["context"] = context.run_context(
+  results["context"] = outputs.run_context(
       seed=_SEED.value, dtype="float32",
       config=None if config is None else config.to_dict())
   results["wall_time_s"] = time.perf_counter() - start

@@ -22,7 +22,7 @@ import sys
 from absl import app
 from absl import flags
 
-from seqscale.analysis import results_md
+from seqscale.studies import results_md
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the experiments write (one folder "

@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from seqscale.analysis import running_sum
+from seqscale.studies import running_sum
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (results.json, table, plot).")
 _QUICK = flags.DEFINE_bool("quick", False, "Small sweep: n up to 4,096.")
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
   max_n = _MAX_N.value or (4096 if _QUICK.value else 100_000)
   if _TRAIN_STEPS.value < 0:
     _fail(f"--train_steps={_TRAIN_STEPS.value}; must be >= 0 (0: the config's)", 2)
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
+  from seqscale import outputs  # pylint: disable=g-import-not-at-top
   try:
     ns = running_sum.sweep_lengths(max_n)
     demo = running_sum.seed_demo()
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> None:
                 "train_steps": _TRAIN_STEPS.value, "train_models": TRAIN_MODELS}
     save = lambda training: running_sum.save_running_sum(
         _WORKDIR.value, demo=demo, rows=rows, skipped=skipped, exact=exact, training=training,
-        settings=settings, context=context.run_context(seed=0))
+        settings=settings, context=outputs.run_context(seed=0))
     md = save([])
     if _TRAIN.value:
       md = save(_train(_WORKDIR.value, _TRAIN_CONFIG.value, _TRAIN_STEPS.value))

@@ -7,7 +7,7 @@ For each device count N and strategy (compiler-sharded attention, ring attention
 attention with zig-zag causal balancing, carry-passing LSTM, an N-layer LSTM pipelined over
 N devices (wavefront), sharded linear scan; attention causal): error against one device,
 FLOPs per device, collective bytes, critical path, run and compile time
-(``seqscale.analysis.sharding``). Writes ``results.json``, ``results.md``,
+(``seqscale.studies.sharding``). Writes ``results.json``, ``results.md``,
 ``flops_per_device.png``, ``time.png``, ``critical_path.png`` and ``timeline.png`` (a
 schematic of which device works when, drawn from the programs' structure, N = 4).
 On CPU the N devices are forced host devices (``--xla_force_host_platform_device_count``),
@@ -84,7 +84,7 @@ def _child_rows(n: int, processes: int) -> list[dict]:
 
 def main(argv):
   del argv
-  from seqscale.analysis import sharding  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import sharding  # pylint: disable=g-import-not-at-top
   sizes = sharding.Sizes(T=_SEQ_LEN.value)
   if _CHILD.value:
     from seqscale import parallel  # pylint: disable=g-import-not-at-top
@@ -108,7 +108,7 @@ def main(argv):
     _fail(f"--devices={counts} with --seq_len={_SEQ_LEN.value}: every N must be >= 1 and "
           "divide T / 2")
   import jax  # pylint: disable=g-import-not-at-top
-  from seqscale.train import context  # pylint: disable=g-import-not-at-top
+  from seqscale import outputs  # pylint: disable=g-import-not-at-top
   cpu = jax.default_backend() == "cpu"
   rows = []
   for n in counts:
@@ -122,7 +122,7 @@ def main(argv):
   note = (f"CPU with {cores} cores: the N devices are forced host devices sharing them, so "
           f"times beyond N = {cores} are not speed-ups; FLOPs per device, collective bytes "
           "and the critical path carry the argument." if cpu else "")
-  ctx = context.run_context(devices=counts, sizes=vars(sizes), forced_cpu_devices=cpu,
+  ctx = outputs.run_context(devices=counts, sizes=vars(sizes), forced_cpu_devices=cpu,
                             processes=_PROCESSES.value, note=note)
   print(sharding.write(rows, _WORKDIR.value, ctx))
   if note:

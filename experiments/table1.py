@@ -6,7 +6,7 @@ r"""Table 1 of "Attention Is All You Need", measured from the compiled program.
       --n_values=64,256,1024 --d_values=32,64
 
 Writes ``table1.md`` (also printed), ``results.json`` and PNG plots to ``--workdir``; see
-``seqscale.analysis.table1``. Hardware: any; the numbers are counts, not timings, so a CPU
+``seqscale.studies.table1``. Hardware: any; the numbers are counts, not timings, so a CPU
 gives the same table as a GPU up to the backend's own fusion choices.
 Expected result: FLOPs ~ n^2 (n >> d) and ~ d^1 for self-attention, ~ n and ~ d^2 for the
 recurrent and convolutional layers; depth flat for attention and convolutions, linear for
@@ -27,8 +27,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from seqscale.analysis import table1  # noqa: E402
-from seqscale.train import context  # noqa: E402
+from seqscale.studies import table1  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for table1.md, results.json, plots.")
 _QUICK = flags.DEFINE_bool("quick", False, "A CPU-minute smoke run (small n and d).")
@@ -53,7 +52,7 @@ def main(argv: list[str]) -> None:
   try:
     config = table1.make_config(_QUICK.value, _ints("n_values", _N_VALUES.value),
                                 _ints("d_values", _D_VALUES.value), _LAYERS.value)
-    table1.run(config, _WORKDIR.value, context.run_context())
+    table1.run(config, _WORKDIR.value)
   except ValueError as e:
     print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
     sys.exit(1)

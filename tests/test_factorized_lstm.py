@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from seqscale import models
-from seqscale.analysis import flstm_timing
+from seqscale.studies import flstm_timing
 from seqscale.models import factorized_lstm as fl
 
 B, T, I, D = 2, 6, 4, 8

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from seqscale import analysis
 from seqscale import models
-from seqscale.analysis import bench
+from seqscale.studies import bench
 from seqscale.ops import attention as attn_ref
 from seqscale.ops import blockwise_attention as bw
 from seqscale.ops import fast_recurrent as fast
@@ -188,7 +189,7 @@ def test_blockwise_attention_memory_grows_linearly_in_T():
   def peak(fn, T):
     x = jax.ShapeDtypeStruct((1, T, 2, 16), jnp.float32)
     g = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2))
-    return bench.peak_bytes(jax.jit(g).lower(x, x, x).compile())
+    return analysis.peak_bytes(jax.jit(g).lower(x, x, x).compile())
   blockwise = lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True)
   reference = lambda q, k, v: attn_ref.dot_product_attention(q, k, v, causal=True)
   assert peak(blockwise, 4096) < 5 * peak(blockwise, 1024)  # linear: about 4x
@@ -252,7 +253,7 @@ def test_bench_smoke(tmp_path):
   s = bench.Settings(lengths=(8,), bf16_lengths=None, tokens=16, width=8, head_dim=4,
                      dtypes=("float32",), layers=("lstm", "attention"), repeats=1,
                      min_repeats=1, matmul_size=32, targets=False)
-  result = bench.run(s)
+  result = bench.run(s, str(tmp_path), progress=None)
   rows = result["rows"]
   keys = {"layer", "impl", "T", "B", "D", "dtype", "pass", "median_s", "tokens_per_s",
           "peak_bytes", "compile_s"}
@@ -263,12 +264,12 @@ def test_bench_smoke(tmp_path):
                       ("attention", "jax_nn_dpa_xla"), ("matmul", "jax")]:
     for pass_ in (("fwd",) if layer == "matmul" else ("fwd", "fwd_bwd")):
       assert (layer, impl, pass_) in got
-  md = bench.save(str(tmp_path), result, {"test": True})
+  md = result["markdown"]
   assert "| lstm | float32 | fwd_bwd | 8 | 2 | seqscale |" in md
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert saved["context"] == {"test": True} and len(saved["rows"]) == len(rows)
+  assert saved["context"]["cpu_count"] and len(saved["rows"]) == len(rows)
   assert (tmp_path / "tokens_per_s_float32.png").exists()
   with pytest.raises(ValueError, match="layers"):
-    bench.run(bench.Settings(layers=("nope",)))
+    bench.measure(bench.Settings(layers=("nope",)))
   with pytest.raises(ValueError, match="dtypes"):
-    bench.run(bench.Settings(dtypes=("float64",)))
+    bench.measure(bench.Settings(dtypes=("float64",)))

@@ -12,7 +12,7 @@ from flax import nnx
 
 from seqscale import data
 from seqscale import models
-from seqscale.train import long_range
+from seqscale.studies import long_range
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from seqscale.analysis import overview
-from seqscale.analysis import overview_report
+from seqscale.studies import overview
+from seqscale.studies import overview_report
 
 
 @pytest.mark.parametrize("change, message", [

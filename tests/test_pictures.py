@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from seqscale import analysis
-from seqscale.analysis import pictures
+from seqscale.studies import pictures
 from seqscale.models import transformer as transformer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

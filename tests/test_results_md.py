@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from seqscale.analysis import results_md
+from seqscale.studies import results_md
 
 _FAKE = '''
 import json, os, sys

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqscale.analysis import running_sum as rs
+from seqscale.studies import crossover as co
+from seqscale.studies import running_sum as rs
 from seqscale.analysis import sequential_depth
 from seqscale.ops import linear_recurrence as lr_ops
 
@@ -136,7 +137,7 @@ def test_sweep_lengths():
   assert rs.sweep_lengths(100_000)[:3] == [4, 8, 16]
   assert rs.sweep_lengths(100_000)[-2:] == [65_536, 100_000]
   assert rs.sweep_lengths(64) == [4, 8, 16, 32, 64]
-  assert rs.crossover_lengths(65_536)[0] == 128 and rs.crossover_lengths(65_536)[-1] == 65_536
+  assert co.crossover_lengths(65_536)[0] == 128 and co.crossover_lengths(65_536)[-1] == 65_536
 
 
 def _rows(times):
@@ -148,32 +149,32 @@ def test_wins_from():
            ("sequential", 256): 1.0, ("associative", 256): 2.0,
            ("sequential", 512): 1.0, ("associative", 512): 0.9,
            ("sequential", 1024): 1.0, ("associative", 1024): 0.4}
-  w = rs.wins_from(_rows(times), "associative", "fwd")
+  w = co.wins_from(_rows(times), "associative", "fwd")
   assert w["faster_at"] == [128, 512, 1024] and w["wins_from"] == 512
   assert w["time_ratio_at_longest"] == pytest.approx(0.4)
   times[("associative", 1024)] = 1.5
-  w = rs.wins_from(_rows(times), "associative", "fwd")
-  assert w["wins_from"] is None and "not faster at the longest" in rs.describe_win(w)
-  w = rs.wins_from(_rows({("sequential", 128): 1.0, ("associative", 128): 3.0}),
+  w = co.wins_from(_rows(times), "associative", "fwd")
+  assert w["wins_from"] is None and "not faster at the longest" in co.describe_win(w)
+  w = co.wins_from(_rows({("sequential", 128): 1.0, ("associative", 128): 3.0}),
                    "associative", "fwd")
-  assert w["faster_at"] == [] and "never faster" in rs.describe_win(w)
+  assert w["faster_at"] == [] and "never faster" in co.describe_win(w)
 
 
 def test_measure_recurrence_modes_agree():
   for mode in lr_ops.MODES:
-    r = rs.measure_recurrence(mode, 200, B=2, D=3, chunk_size=16, repeats=1)
-    assert set(rs.CROSSOVER_KEYS) <= set(r) and r["pass"] == "fwd"
+    r = co.measure_recurrence(mode, 200, B=2, D=3, chunk_size=16, repeats=1)
+    assert set(co.CROSSOVER_KEYS) <= set(r) and r["pass"] == "fwd"
     assert r["max_abs_diff"] < 1e-4
-  r = rs.measure_recurrence("chunked", 200, B=2, D=3, chunk_size=16, backward=True, repeats=1)
+  r = co.measure_recurrence("chunked", 200, B=2, D=3, chunk_size=16, backward=True, repeats=1)
   assert r["pass"] == "fwd_bwd" and r["run_s"] > 0 and r["compile_s"] > 0
 
 
 @pytest.mark.parametrize("call,name", [
     (lambda: rs.sweep_lengths(3), "max_n=3"),
-    (lambda: rs.crossover_lengths(64), "max_t=64"),
+    (lambda: co.crossover_lengths(64), "max_t=64"),
     (lambda: rs.measure("lstm", 8), "method='lstm'"),
     (lambda: rs.sweep([4], attention_max_n=0), "attention_max_n=0"),
-    (lambda: rs.measure_recurrence("parallel", 8, B=1, D=1), "mode='parallel'"),
+    (lambda: co.measure_recurrence("parallel", 8, B=1, D=1), "mode='parallel'"),
     (lambda: rs.exactness(8, dtypes=("float32",)), "dtype='float32'"),
 ])
 def test_bad_input(call, name):
@@ -207,7 +208,7 @@ def test_crossover_experiment_quick(tmp_path):
        "--repeats=1", "--batch=2", "--width=8")
   results = json.load(open(tmp_path / "results.json"))
   assert {(r["mode"], r["pass"], r["T"]) for r in results["rows"]} == {
-      (m, p, 128) for m in lr_ops.MODES for p in rs.PASSES}
+      (m, p, 128) for m in lr_ops.MODES for p in co.PASSES}
   assert len(results["crossover"]) == 4 and results["settings"]["B"] == 2
   assert (tmp_path / "crossover.png").exists()
 

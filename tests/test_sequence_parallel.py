@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_with_devices
-from seqscale.analysis import sharding
+from seqscale.studies import sharding
 from seqscale.parallel import mesh as mesh_lib
 from seqscale.parallel import sequence
 from seqscale.parallel import sequence_scan
@@ -25,7 +25,7 @@ from seqscale.parallel import sequence_scan
 _CODE = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
-from seqscale.analysis import sharding
+from seqscale.studies import sharding
 from seqscale.ops import linear_recurrence as lr, recurrent
 from seqscale.parallel import mesh as mesh_lib, sequence, sequence_scan
 
@@ -193,7 +193,7 @@ import json
 from seqscale import parallel
 parallel.initialize(parallel.cluster_from())
 import jax
-from seqscale.analysis import sharding
+from seqscale.studies import sharding
 sizes = sharding.Sizes(T=48, H=2, K=8, I=8, D=16)
 rows = {s: sharding.measure(s, 4, sizes, timing=False)
         for s in ("attention_ring", "linear_scan_sharded")}

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from seqscale import analysis
-from seqscale.analysis import table1
+from seqscale.studies import table1
 from seqscale.ops import attention
+from seqscale.ops import attention as attention_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = table1.Config(heads=2, k=3, k_dilated=2, r=4)
@@ -47,7 +48,7 @@ def test_blocked_local_attention_equals_masked_attention(T, r):
   q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, T, 2, 4)) for i in range(3))
   masked = jax.jit(lambda q, k, v: attention.dot_product_attention(
       q, k, v, causal=True, local_window=r))
-  np.testing.assert_allclose(jax.jit(table1.local_attention, static_argnums=3)(q, k, v, r),
+  np.testing.assert_allclose(jax.jit(attention_ops.local_attention, static_argnums=3)(q, k, v, r),
                              masked(q, k, v), atol=1e-6)
 
 

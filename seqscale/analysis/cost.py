@@ -1,4 +1,4 @@
-"""FLOPs, memory and timing of a function of arrays, read off what XLA compiles.
+"""FLOPs and memory of a function of arrays, read off what XLA compiles.
 
 ``xla_flops`` is XLA's own count (``compiled.cost_analysis()['flops']``). On CPU (XLA's
 ``HloCostAnalysis``, checked with jax 0.10) a ``while`` loop's body is counted **once**,
@@ -18,8 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-import statistics
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -212,15 +210,24 @@ class Memory:
   output_bytes: int | None
   alias_bytes: int | None
   generated_code_bytes: int | None
+  peak_bytes: int | None = None  # what the backend reports as its peak, where it does
+
+  @property
+  def total_bytes(self) -> int | None:
+    """Arguments + outputs + temporaries - aliased, or the reported peak if larger (on CPU,
+    jax 0.10's ``peak_memory_in_bytes`` leaves the temporaries out)."""
+    parts = (self.argument_bytes, self.output_bytes, self.temp_bytes)
+    if any(p is None for p in parts):
+      return self.peak_bytes
+    total = sum(parts) - (self.alias_bytes or 0)
+    return max(total, self.peak_bytes or 0)
 
 
-def memory(f: Callable[..., Any], *args: Any, backward: bool = False,
-           argnums: int | Sequence[int] = 0) -> Memory | None:
-  """Compiled memory of ``f`` (or ``fwd_bwd(f, argnums)``); None if unavailable."""
-  g = fwd_bwd(f, argnums) if backward else f
+def compiled_memory(compiled: jax.stages.Compiled) -> Memory | None:
+  """``Memory`` of a compiled program; None where the backend has no memory analysis."""
   try:
-    stats = compile_fn(g, *args).memory_analysis()
-  except (NotImplementedError, jax.errors.JaxRuntimeError):
+    stats = compiled.memory_analysis()
+  except (NotImplementedError, jax.errors.JaxRuntimeError, AttributeError):
     return None
   if stats is None:
     return None
@@ -230,38 +237,15 @@ def memory(f: Callable[..., Any], *args: Any, backward: bool = False,
                 argument_bytes=get("argument_size_in_bytes"),
                 output_bytes=get("output_size_in_bytes"),
                 alias_bytes=get("alias_size_in_bytes"),
-                generated_code_bytes=get("generated_code_size_in_bytes"))
+                generated_code_bytes=get("generated_code_size_in_bytes"),
+                peak_bytes=get("peak_memory_in_bytes") or None)
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-  """Seconds: lowering and compiling apart from running (median of ``runs``)."""
-  lower_s: float
-  compile_s: float
-  run_s: float
-  runs: tuple[float, ...]
-
-
-def time_fn(f: Callable[..., Any], *args: Any, repeats: int = 5, warmup: int = 1) -> Timing:
-  """Times ``jax.jit(f)`` on concrete ``args``: lower, compile, then ``repeats`` runs.
-
-  Each run waits with ``block_until_ready``; ``warmup`` runs after compiling are not
-  counted.
-  """
-  t0 = time.perf_counter()
-  lowered = jax.jit(f).lower(*args)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(*args))
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - start)
-  return Timing(lower_s=t1 - t0, compile_s=t2 - t1, run_s=statistics.median(runs),
-                runs=tuple(runs))
+def memory(f: Callable[..., Any], *args: Any, backward: bool = False,
+           argnums: int | Sequence[int] = 0) -> Memory | None:
+  """Compiled memory of ``f`` (or ``fwd_bwd(f, argnums)``); None if unavailable."""
+  g = fwd_bwd(f, argnums) if backward else f
+  return compiled_memory(compile_fn(g, *args))
 
 
 def cost_summary(f: Callable[..., Any], *args: Any,

@@ -10,7 +10,7 @@ An LSTM layer's gates are one affine map of ``[x_t; h_{t-1}]`` (width I + D) to 
   independent small LSTMs side by side, 1/G of the parameters and FLOPs.
 
 Neither makes the recurrence shorter: step t still needs h_{t-1}, so T steps are T dependent
-matmuls (F-LSTM's are two in a row per step). ``seqscale.analysis.flstm_timing`` measures it.
+matmuls (F-LSTM's are two in a row per step). ``seqscale.studies.flstm_timing`` measures it.
 
 As in ``ops.recurrent``, the input half ``x W_x`` is computed for all steps at once outside
 the scan; only the hidden half is in the serial chain. Parameters (per layer):
@@ -32,16 +32,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import recurrent as ops
 
 Array = jax.Array
 Carry = tuple[Array, Array]
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r}; must be an int >= {minimum}")
 
 
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], bound: float) -> nnx.Param:
@@ -158,8 +154,8 @@ class _Stack(nnx.Module):
   def _setup(self, in_features: int, hidden_features: int, num_layers: int,
              dropout_rate: float, unroll: int, dtype: Any, make_layer: Any,
              rngs: nnx.Rngs) -> None:
-    _check_int("num_layers", num_layers, 1)
-    _check_int("unroll", unroll, 1)
+    check_int("num_layers", num_layers, 1)
+    check_int("unroll", unroll, 1)
     if (isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float))
         or not 0.0 <= dropout_rate < 1.0):
       raise ValueError(f"dropout_rate={dropout_rate!r}; must be a float in [0, 1)")
@@ -228,10 +224,10 @@ class FLSTM(_Stack):
   def __init__(self, in_features: int, hidden_features: int, rank: int | None = None,
                num_layers: int = 1, dropout_rate: float = 0.0, unroll: int = 1,
                dtype: Any = None, *, rngs: nnx.Rngs):
-    _check_int("in_features", in_features, 1)
-    _check_int("hidden_features", hidden_features, 1)
+    check_int("in_features", in_features, 1)
+    check_int("hidden_features", hidden_features, 1)
     rank = max(1, hidden_features // 4) if rank is None else rank
-    _check_int("rank", rank, 1)
+    check_int("rank", rank, 1)
     self.rank = rank
     self._setup(in_features, hidden_features, num_layers, dropout_rate, unroll, dtype,
                 lambda i: FLSTMWeights(i, hidden_features, rank, rngs=rngs), rngs)
@@ -252,9 +248,9 @@ class GLSTM(_Stack):
   def __init__(self, in_features: int, hidden_features: int, num_groups: int = 2,
                num_layers: int = 1, dropout_rate: float = 0.0, unroll: int = 1,
                dtype: Any = None, *, rngs: nnx.Rngs):
-    _check_int("in_features", in_features, 1)
-    _check_int("hidden_features", hidden_features, 1)
-    _check_int("num_groups", num_groups, 1)
+    check_int("in_features", in_features, 1)
+    check_int("hidden_features", hidden_features, 1)
+    check_int("num_groups", num_groups, 1)
     for name, value in (("in_features", in_features), ("hidden_features", hidden_features)):
       if value % num_groups:
         raise ValueError(f"{name}={value!r}; must be divisible by num_groups={num_groups!r}")

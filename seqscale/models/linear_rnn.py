@@ -18,23 +18,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import linear_recurrence as ops
 
 Array = jax.Array
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r}; must be an int >= {minimum}")
-
-
 def _check_common(in_features: int, hidden_features: int, num_layers: int, mode: str,
                   chunk_size: int, dropout_rate: float) -> None:
-  _check_int("in_features", in_features, 1)
-  _check_int("hidden_features", hidden_features, 1)
-  _check_int("num_layers", num_layers, 1)
-  _check_int("chunk_size", chunk_size, 1)
+  check_int("in_features", in_features, 1)
+  check_int("hidden_features", hidden_features, 1)
+  check_int("num_layers", num_layers, 1)
+  check_int("chunk_size", chunk_size, 1)
   if mode not in ops.MODES:
     raise ValueError(f"mode={mode!r}; allowed: {', '.join(map(repr, ops.MODES))}")
   if (isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float))
@@ -243,7 +239,7 @@ class LRU(_Base):
                dropout_rate: float = 0.0, dtype: Any = None, *, rngs: nnx.Rngs):
     _check_common(in_features, hidden_features, num_layers, mode, chunk_size, dropout_rate)
     if state_features is not None:
-      _check_int("state_features", state_features, 1)
+      check_int("state_features", state_features, 1)
     for name, value in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
       if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name}={value!r}; must be a number")

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models import recurrent
 from seqscale.models.registry import register
 from seqscale.ops import additive_attention as attn
@@ -44,11 +45,6 @@ Array = jax.Array
 
 ATTENTIONS = ("additive", "multiplicative", "none")
 SCORES = ("general", "dot")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r}; must be an int >= {minimum}")
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
@@ -105,17 +101,17 @@ class LSTMAttention(nnx.Module):
                dropout_rate: float = 0.0, unroll: int = 1, dtype: Any = None, *,
                rngs: nnx.Rngs):
     tgt_in_features = in_features if tgt_in_features is None else tgt_in_features
-    _check_int("in_features", in_features, 1)
-    _check_int("tgt_in_features", tgt_in_features, 1)
-    _check_int("hidden_features", hidden_features, 1)
-    _check_int("num_layers", num_layers, 1)
+    check_int("in_features", in_features, 1)
+    check_int("tgt_in_features", tgt_in_features, 1)
+    check_int("hidden_features", hidden_features, 1)
+    check_int("num_layers", num_layers, 1)
     if attention not in ATTENTIONS:
       raise ValueError(f"attention={attention!r}; allowed: {', '.join(ATTENTIONS)}")
     if score not in SCORES:
       raise ValueError(f"score={score!r}; allowed: {', '.join(SCORES)}")
     D = hidden_features
     A = D if attention_features is None else attention_features
-    _check_int("attention_features", A, 1)
+    check_int("attention_features", A, 1)
     M = 2 * D
     self.in_features, self.tgt_in_features, self.hidden_features = (
         in_features, tgt_in_features, D)
@@ -222,9 +218,9 @@ class LSTMAttention(nnx.Module):
 
 
 def _check_decode(max_length: int, bos_id: int, eos_id: int) -> None:
-  _check_int("max_length", max_length, 1)
-  _check_int("bos_id", bos_id, 0)
-  _check_int("eos_id", eos_id, 0)
+  check_int("max_length", max_length, 1)
+  check_int("bos_id", bos_id, 0)
+  check_int("eos_id", eos_id, 0)
 
 
 def _functional_step(model: nnx.Module) -> tuple[Callable[..., Any], nnx.State]:
@@ -296,7 +292,7 @@ def decode_beam(model: nnx.Module, src_BSI: Array, embed_fn: Callable[[Array], A
   Arguments and returns as ``decode_greedy``; ``beam_size=1`` is greedy decoding.
   """
   _check_decode(max_length, bos_id, eos_id)
-  _check_int("beam_size", beam_size, 1)
+  check_int("beam_size", beam_size, 1)
   B, K = src_BSI.shape[0], beam_size
   tile = lambda a: None if a is None else jnp.repeat(a, K, axis=0)  # [B*K, ...], b-major
   state = model.init_state(B * K, max_length, src_BSI=tile(src_BSI), src_mask=tile(src_mask))

@@ -25,16 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import memory as memory_ops
 
 Array = jax.Array
 TYINGS = ("adjacent", "layerwise")
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r} is not allowed: it must be an int >= {minimum}")
 
 
 @register("memn2n")
@@ -61,10 +57,10 @@ class MemN2N(nnx.Module):
                memory_size: int = 50, tying: str = "adjacent",
                position_encoding: bool = True, temporal_encoding: bool = True,
                init_scale: float = 0.1, dtype=None, *, rngs: nnx.Rngs):
-    _check_int("vocab_size", vocab_size, 2)
-    _check_int("hidden_features", hidden_features)
-    _check_int("num_hops", num_hops)
-    _check_int("memory_size", memory_size)
+    check_int("vocab_size", vocab_size, 2)
+    check_int("hidden_features", hidden_features)
+    check_int("num_hops", num_hops)
+    check_int("memory_size", memory_size)
     if tying not in TYINGS:
       raise ValueError(f"tying={tying!r} is not allowed; choose one of: {', '.join(TYINGS)}")
     if not isinstance(init_scale, (int, float)) or init_scale <= 0:

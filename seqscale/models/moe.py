@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from seqscale.checks import check_int
 from seqscale.models import recurrent
 from seqscale.models import transformer
 from seqscale.models.registry import AuxLoss, auxiliary_loss, register  # noqa: F401
@@ -43,15 +44,10 @@ class ExpertParam(nnx.Param):
   """A parameter whose leading axis is the expert axis E (sharded by ``shard_experts``)."""
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r}; must be an int >= {minimum}")
-
-
 def _check_moe(num_experts: int, k: int, capacity_factor: float | None,
                importance_weight: float, load_weight: float) -> None:
-  _check_int("num_experts", num_experts, 1)
-  _check_int("k", k, 1)
+  check_int("num_experts", num_experts, 1)
+  check_int("k", k, 1)
   if k > num_experts:
     raise ValueError(f"k={k!r}; must be <= num_experts={num_experts!r}")
   if capacity_factor is not None and (isinstance(capacity_factor, bool) or not isinstance(
@@ -69,9 +65,9 @@ class MoE(nnx.Module):
                num_experts: int = 8, k: int = 2, capacity_factor: float | None = None,
                noisy_gating: bool = True, importance_weight: float = 0.1,
                load_weight: float = 0.1, dtype: Any = None, *, rngs: nnx.Rngs):
-    _check_int("in_features", in_features, 1)
-    _check_int("out_features", out_features, 1)
-    _check_int("ff_features", ff_features, 1)
+    check_int("in_features", in_features, 1)
+    check_int("out_features", out_features, 1)
+    check_int("ff_features", ff_features, 1)
     _check_moe(num_experts, k, capacity_factor, importance_weight, load_weight)
     I, O, F, E = in_features, out_features, ff_features, num_experts
     self.in_features, self.out_features, self.num_experts, self.k = I, O, E, k
@@ -182,7 +178,7 @@ class LSTMMoE(nnx.Module):
                capacity_factor: float | None = None, noisy_gating: bool = True,
                importance_weight: float = 0.1, load_weight: float = 0.1,
                dropout_rate: float = 0.0, dtype: Any = None, *, rngs: nnx.Rngs):
-    _check_int("num_layers", num_layers, 2)
+    check_int("num_layers", num_layers, 2)
     D = hidden_features
     ff_features = 4 * D if ff_features is None else ff_features
     self.lstms = nnx.List([
@@ -234,7 +230,7 @@ class TransformerMoE(transformer.Transformer):
                noisy_gating: bool = True, importance_weight: float = 0.1,
                load_weight: float = 0.1, moe_every: int = 2, dtype: Any = None, *,
                rngs: nnx.Rngs):
-    _check_int("moe_every", moe_every, 1)
+    check_int("moe_every", moe_every, 1)
     if moe_every > num_layers:
       raise ValueError(f"moe_every={moe_every!r}; must be <= num_layers={num_layers!r} "
                        "(else no layer gets experts)")

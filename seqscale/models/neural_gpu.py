@@ -26,15 +26,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import cgru as cgru_ops
 
 Array = jax.Array
-
-
-def _check_int(name: str, value, minimum: int = 1) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r} is not allowed: it must be an int >= {minimum}")
 
 
 def _check_cutoff(cutoff) -> None:
@@ -86,11 +82,11 @@ class _Tape(nnx.Module):
 
 
 def _check(in_features, hidden_features, num_layers, tape_width, kernel_size, cutoff):
-  _check_int("in_features", in_features)
-  _check_int("hidden_features", hidden_features)
-  _check_int("num_layers", num_layers)
-  _check_int("tape_width", tape_width)
-  _check_int("kernel_size", kernel_size)
+  check_int("in_features", in_features)
+  check_int("hidden_features", hidden_features)
+  check_int("num_layers", num_layers)
+  check_int("tape_width", tape_width)
+  check_int("kernel_size", kernel_size)
   if kernel_size % 2 == 0:
     raise ValueError(f"kernel_size={kernel_size!r} is not allowed: it must be odd "
                      "(a centred 'same' convolution)")
@@ -119,7 +115,7 @@ class NeuralGPU(nnx.Module):
                num_steps: int | None = None, dtype=None, *, rngs: nnx.Rngs):
     _check(in_features, hidden_features, num_layers, tape_width, kernel_size, cutoff)
     if num_steps is not None:
-      _check_int("num_steps", num_steps)
+      check_int("num_steps", num_steps)
     self.causal = False
     self.out_features = hidden_features
     self.cutoff, self.num_steps, self.dtype = float(cutoff), num_steps, dtype
@@ -206,7 +202,7 @@ class ExtendedNeuralGPU(nnx.Module):
       ``(y_BTD, written_BTI)``; the teacher-forced call with ``tgt = [BOS, written[:-1]]``
       gives the same ``y``.
     """
-    _check_int("length", length)
+    check_int("length", length)
     d0 = self.encode(src_BSI, length, src_mask)
     y_BTD, tape_BLI = cgru_ops.tape_decoder_free(
         d0, self._decoder_params(d0.dtype), next_input, self.in_features, num_steps=length,

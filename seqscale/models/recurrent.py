@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import fast_recurrent
 from seqscale.ops import recurrent as ops
@@ -31,11 +32,6 @@ Array = jax.Array
 
 
 _IMPLS = {"fast": fast_recurrent.run, "reference": ops.run}
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    raise ValueError(f"{name}={value!r}; must be an int >= {minimum}")
 
 
 class Weights(nnx.Module):
@@ -81,11 +77,11 @@ class _Recurrent(nnx.Module):
                bidirectional: bool = False, dropout_rate: float = 0.0,
                unroll: int | None = None, dtype: Any = None, impl: str = "fast", *,
                rngs: nnx.Rngs):
-    _check_int("in_features", in_features, 1)
-    _check_int("hidden_features", hidden_features, 1)
-    _check_int("num_layers", num_layers, 1)
+    check_int("in_features", in_features, 1)
+    check_int("hidden_features", hidden_features, 1)
+    check_int("num_layers", num_layers, 1)
     if unroll is not None:
-      _check_int("unroll", unroll, 1)
+      check_int("unroll", unroll, 1)
     if impl not in _IMPLS:
       raise ValueError(f"impl={impl!r}; allowed: {', '.join(_IMPLS)}")
     if not isinstance(bidirectional, bool):

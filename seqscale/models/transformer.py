@@ -31,9 +31,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import attention as attn_ops
 from seqscale.ops import blockwise_attention
@@ -49,29 +49,24 @@ _LN_EPSILON = 1e-6
 # Argument checks
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
-
-
 def _check_common(*, hidden_features, num_layers, num_heads, ff_features, positions,
                   max_length, norm, local_window, dropout_rate) -> int:
   """Validates the keywords shared by the family; returns ff_features (default 4*D)."""
-  _check_int("hidden_features", hidden_features, 1)
-  _check_int("num_layers", num_layers, 1)
-  _check_int("num_heads", num_heads, 1)
+  check_int("hidden_features", hidden_features, 1)
+  check_int("num_layers", num_layers, 1)
+  check_int("num_heads", num_heads, 1)
   if hidden_features % num_heads:
     raise ValueError(
         f"hidden_features={hidden_features!r}: must be divisible by num_heads={num_heads!r}")
   ff_features = 4 * hidden_features if ff_features is None else ff_features
-  _check_int("ff_features", ff_features, 1)
+  check_int("ff_features", ff_features, 1)
   if positions not in _POSITIONS:
     raise ValueError(f"positions={positions!r}: must be one of {_POSITIONS}")
-  _check_int("max_length", max_length, 1)
+  check_int("max_length", max_length, 1)
   if norm not in _NORMS:
     raise ValueError(f"norm={norm!r}: must be one of {_NORMS}")
   if local_window is not None:
-    _check_int("local_window", local_window, 0)
+    check_int("local_window", local_window, 0)
   if not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate={dropout_rate!r}: must be a float in [0, 1)")
   return ff_features
@@ -297,8 +292,8 @@ class _Stack(nnx.Module):
                  memory_mask_BS: Array | None = None) -> dict[str, Any]:
     self.require_causal()
     max_length = self.max_length if max_length is None else max_length
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_length", max_length, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("max_length", max_length, 1)
     if self.positions == "learned" and max_length > self.max_length:
       raise ValueError(f"max_length={max_length!r}: must be <= the model's max_length="
                        f"{self.max_length} (learned positions)")
@@ -350,7 +345,7 @@ class Transformer(nnx.Module):
                positions: str = "sinusoidal", max_length: int = 2048, norm: str = "post",
                local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
                attention_impl: str = "auto", *, rngs: nnx.Rngs):
-    _check_int("in_features", in_features, 1)
+    check_int("in_features", in_features, 1)
     _check_impl(attention_impl)
     ff_features = _check_common(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
@@ -396,8 +391,8 @@ class TransformerSeq2Seq(nnx.Module):
                rngs: nnx.Rngs):
     _check_impl(attention_impl)
     tgt_in_features = in_features if tgt_in_features is None else tgt_in_features
-    _check_int("in_features", in_features, 1)
-    _check_int("tgt_in_features", tgt_in_features, 1)
+    check_int("in_features", in_features, 1)
+    check_int("tgt_in_features", tgt_in_features, 1)
     ff_features = _check_common(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
         ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
@@ -451,7 +446,7 @@ class TransformerLM(nnx.Module):
                local_window: int | None = None, dropout_rate: float = 0.0,
                tie_embeddings: bool = True, dtype: Any = None, attention_impl: str = "auto",
                *, rngs: nnx.Rngs):
-    _check_int("vocab_size", vocab_size, 1)
+    check_int("vocab_size", vocab_size, 1)
     _check_impl(attention_impl)
     ff_features = _check_common(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,

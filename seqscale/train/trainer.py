@@ -21,10 +21,10 @@ import optax
 from absl import logging
 from flax import nnx
 
+from seqscale import outputs
 from seqscale import parallel
 from seqscale.train import checkpoint as checkpoint_lib
 from seqscale.train import config as config_lib
-from seqscale.train import context as context_lib
 from seqscale.train import evaluate as evaluate_lib
 from seqscale.train import model as model_lib
 from seqscale.train import optim
@@ -53,20 +53,6 @@ def get_task(task_config: dict[str, Any]) -> Any:
   if missing:
     raise ValueError(f"task {name!r} lacks {', '.join(missing)} (see docs/CONTRACT.md)")
   return task
-
-
-def _prepare_workdir(workdir: str) -> str:
-  if not workdir:
-    raise ValueError("workdir is empty; pass --workdir=DIR (a directory, existing or new)")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"workdir {workdir!r} is a file; pass a directory (existing or new)")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"workdir {workdir!r} cannot be created ({e.strerror}); pass a "
-                     "directory (existing or new)") from None
-  return workdir
 
 
 def _check_batch(name: str, size: int, strategy: Any) -> None:
@@ -203,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   par = config.parallel
   parallel.initialize(parallel.cluster_from(par.coordinator_address, par.num_processes,
                                             par.process_id))
-  workdir = _prepare_workdir(workdir)
+  workdir = outputs.prepare_workdir(workdir)
   is_main = jax.process_index() == 0
   task = get_task(config.task.to_dict())
   strategy = parallel.make(par.strategy, par.num_devices)
@@ -225,8 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     state = strategy.init(model.init)
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(config.to_dict(), f, indent=2, default=str)
+    outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   logging.info("%s (%d parameters) on %s, %s on %d devices, steps %d -> %d",
                config.model.name, model.num_params, model.spec.name, strategy.name,
                strategy.num_devices, start_step, config.num_steps)
@@ -263,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "eval_compile_time_s": evaluator.compile_time, "train_time_s": train_time,
       "steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * tokens_per_step,
       "tokens_per_step": tokens_per_step,
-      "context": context_lib.run_context(
+      "context": outputs.run_context(
           seed=config.seed, dtype=str(hparams.get("dtype") or "float32"),
           param_dtype="float32", strategy=strategy.name, num_devices=strategy.num_devices,
           batch_size=config.batch_size, config=config.to_dict()),
@@ -282,11 +267,9 @@ def _last_record(path: str) -> dict[str, Any] | None:
 
 
 def _write_results(workdir: str, results: dict[str, Any]) -> None:
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
+  outputs.write_json(os.path.join(workdir, "results.json"), results)
   table = _markdown(results)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table)
+  outputs.write_text(os.path.join(workdir, "results.md"), table)
   print(table, flush=True)
 
 

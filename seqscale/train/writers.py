@@ -13,15 +13,7 @@ from typing import Any, Mapping
 
 from absl import logging
 
-
-def _plain(value: Any) -> Any:
-  if isinstance(value, (bool, int, str)) or value is None:
-    return value
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    return value
-  return value if math.isfinite(value) else str(value)  # JSON has no NaN/Inf
+from seqscale import outputs
 
 
 class MetricWriter:
@@ -45,7 +37,7 @@ class MetricWriter:
     """One training log line: ``step``, ``loss``, ``steps_per_s``, ``tokens_per_s``, ..."""
     if not self.enabled:
       return
-    record = {"step": step, **{k: _plain(v) for k, v in scalars.items()}}
+    record = {"step": step, **{k: outputs.json_safe(v) for k, v in scalars.items()}}
     _append(self.metrics_path, record)
     for key, value in scalars.items():
       self.tb.add_scalar(f"train/{key}", float(value), step)
@@ -55,7 +47,7 @@ class MetricWriter:
     if not self.enabled:
       return
     _append(self.eval_path, {"step": step, "eval": {
-        split: {k: _plain(v) for k, v in m.items()} for split, m in results.items()}})
+        split: {k: outputs.json_safe(v) for k, v in m.items()} for split, m in results.items()}})
     for split, metrics in results.items():
       for key, value in metrics.items():
         if isinstance(value, (int, float)):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
-import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from seqscale.train import long_range
+from seqscale import outputs
+from seqscale.studies import long_range
 
 METRIC = {"adding_problem": "MSE", "copy_memory": "cross-entropy"}
 
@@ -93,9 +93,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], settings: long_range.Settings,
 def plot(rows: Sequence[Mapping[str, Any]], workdir: str) -> list[str]:
   """One PNG per task: loss / baseline against T (log-log; filled = every seed solved,
   open = not all), and steps to solve against T. Returns the paths written."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
   summary = summarize(rows)
   paths = []
   for task in dict.fromkeys(s["task"] for s in summary):
@@ -141,38 +139,10 @@ def save(workdir: str, rows: Sequence[Mapping[str, Any]], settings: long_range.S
          context: Mapping[str, Any]) -> str:
   """Writes ``results.json``, ``long_range.md`` and the PNGs; returns the markdown."""
   md = markdown(rows, settings, context)
-  with open(os.path.join(workdir, "long_range.md"), "w") as f:
-    f.write(md)
+  outputs.write_text(os.path.join(workdir, "long_range.md"), md)
   plots = plot(rows, workdir)
-  long_range.write_json(os.path.join(workdir, "results.json"), {
+  outputs.write_json(os.path.join(workdir, "results.json"), {
       "settings": dataclasses.asdict(settings), "solve_fraction": long_range.SOLVE_FRACTION,
       "summary": summarize(rows), "cells": list(rows), "plots": plots,
       "context": dict(context)})
   return md
-
-
-def run_experiment(settings: long_range.Settings, workdir: str, *,
-                   progress: Callable[[str], None] = print) -> dict[str, Any]:
-  """``long_range.run`` (resuming from ``workdir/cells``), then ``save``.
-
-  Returns:
-    ``{"rows": [...], "markdown": str, "context": {...}}``.
-
-  Raises:
-    ValueError: ``workdir`` is empty or a file, or holds cells trained with other settings.
-  """
-  from seqscale.train import context as context_lib  # pylint: disable=g-import-not-at-top
-  if not workdir:
-    raise ValueError("--workdir is empty; pass a directory (existing or new)")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir!r} is a file; pass a directory (existing or new)")
-  os.makedirs(workdir, exist_ok=True)
-  start, tick = os.getloadavg(), time.perf_counter()
-  rows = long_range.run(settings, workdir, progress=progress)
-  context = context_lib.run_context(
-      settings=dataclasses.asdict(settings), loadavg_start=list(start),
-      loadavg_end=list(os.getloadavg()), wall_s=time.perf_counter() - tick,
-      cpu_count=os.cpu_count())
-  md = save(workdir, rows, settings, context)
-  return {"rows": rows, "markdown": md, "context": context}

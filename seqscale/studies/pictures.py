@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqscale import outputs
 from seqscale.ops import attention as attn_ops
 from seqscale.ops import conv as conv_ops
 from seqscale.ops import recurrent
@@ -206,9 +207,8 @@ def plot_connectivity(path: str, kinds: Sequence[str] = KINDS, max_layers: int =
   Returns:
     The table drawn (see ``connectivity_table``).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import colors, pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
 
   table = table or connectivity_table(kinds, max_layers, T, width=width, seed=seed)
   kinds = list(table)
@@ -318,9 +318,8 @@ def plot_attention_maps(path: str, weights: Sequence[np.ndarray], tokens: Sequen
       list of head indices.
     title: the figure title.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import colors, pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
 
   H = weights[0].shape[1]
   if heads == "all":

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -33,10 +32,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from seqscale import outputs
 from seqscale.train import evaluate as evaluate_lib
 from seqscale.train import losses
 from seqscale.train import model as model_lib
 from seqscale.train import optim
+from seqscale.train import presets
 from seqscale.train import step as step_lib
 
 TASKS = ("adding_problem", "copy_memory")
@@ -128,24 +129,14 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
 def model_hparams(model: str, seq_len: int, hidden: int = 64) -> dict[str, Any]:
   """Constructor keywords of a small ``model`` for sequences of ``seq_len`` (width ``hidden``).
 
-  WaveNet gets ceil(log2(seq_len)) layers of kernel 2 with dilations 1, 2, 4, ..., so its
-  receptive field 2^L covers the whole sequence; the LRU starts its eigenvalues near the
-  unit circle (|lambda| in [0.9, 0.999]), the initialisation its paper uses for long range.
+  The sizes of ``seqscale.train.presets``: WaveNet gets ceil(log2(seq_len)) layers of kernel
+  2 with dilations 1, 2, 4, ..., so its receptive field 2^L covers the whole sequence; the
+  LRU starts its eigenvalues near the unit circle (|lambda| in [0.9, 0.999]), the
+  initialisation its paper uses for long range.
   """
-  base = dict(in_features=hidden, hidden_features=hidden)
-  if model in ("lstm", "gru"):
-    return {**base, "num_layers": 1}
-  if model == "wavenet":
-    layers = max(1, math.ceil(math.log2(seq_len)))
-    return {**base, "num_layers": layers, "kernel_size": 2, "dilation_cycle": layers}
-  if model == "transformer":
-    return {**base, "num_layers": 2, "num_heads": 4, "causal": True,
-            "max_length": max(2048, seq_len)}
-  if model == "mingru":
-    return {**base, "num_layers": 2, "mode": "associative"}
-  if model == "lru":
-    return {**base, "num_layers": 2, "mode": "associative", "r_min": 0.9, "r_max": 0.999}
-  raise ValueError(f"--models={model!r}; allowed: {', '.join(MODELS)}")
+  if model not in MODELS:
+    raise ValueError(f"--models={model!r}; allowed: {', '.join(MODELS)}")
+  return presets.model_hparams(model, hidden, seq_len=seq_len)
 
 
 def optimizer_config(settings: Settings) -> dict[str, Any]:
@@ -334,30 +325,7 @@ def train_cell(task_name: str, length: int, model_name: str, seed: int, settings
       "settings": settings.training_key(),
   }
   trained = nnx.merge(eval_graphdef, state)[0]
-  return _finite(row), trained
-
-
-def _finite(x: Any) -> Any:
-  if isinstance(x, float):
-    return x if math.isfinite(x) else None
-  if isinstance(x, dict):
-    return {k: _finite(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return [_finite(v) for v in x]
-  return x
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes ``obj`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  return outputs.json_safe(row, nonfinite_as_none=True), trained
 
 
 def load_cell(path: str, settings: Settings) -> dict[str, Any] | None:
@@ -383,7 +351,7 @@ def _line(row: dict[str, Any], note: str = "") -> str:
           + ("solved" if row["solved"] else f"not solved ({row['stop']})") + note)
 
 
-def run(settings: Settings, workdir: str, *, data_dir: str | None = None,
+def train_cells(settings: Settings, workdir: str, *, data_dir: str | None = None,
         progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Trains every cell of ``settings`` not already in ``workdir/cells``; returns all rows.
 
@@ -403,7 +371,30 @@ def run(settings: Settings, workdir: str, *, data_dir: str | None = None,
             progress(_line(row, " [done earlier, skipped]"))
           else:
             row, _ = train_cell(task, length, model, seed, settings, cache=cache)
-            write_json(path, row)
+            outputs.write_json(path, row)
             progress(_line(row))
           rows.append(row)
   return rows
+
+
+def run(settings: Settings, workdir: str, *,
+        progress: Callable[[str], None] = print) -> dict[str, Any]:
+  """``train_cells`` (resuming from ``workdir/cells``), then the report
+  (``long_range_report.save``).
+
+  Returns:
+    ``{"rows": [...], "markdown": str, "context": {...}}``.
+
+  Raises:
+    ValueError: ``workdir`` is empty, a file or not writable, or holds cells trained with
+      other settings.
+  """
+  from seqscale.studies import long_range_report  # pylint: disable=g-import-not-at-top
+  workdir = outputs.prepare_workdir(workdir)
+  start, tick = outputs.load_average(), time.perf_counter()
+  rows = train_cells(settings, workdir, progress=progress)
+  context = outputs.run_context(
+      settings=dataclasses.asdict(settings), loadavg_start=start,
+      loadavg_end=outputs.load_average(), wall_s=time.perf_counter() - tick)
+  md = long_range_report.save(workdir, rows, settings, context)
+  return {"rows": rows, "markdown": md, "context": context}

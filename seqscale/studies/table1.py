@@ -32,7 +32,6 @@ and gives a verdict per cell in the regime stated, ``run`` writes ``table1.md``,
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -42,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqscale import outputs
 from seqscale.analysis import cost
 from seqscale.analysis import depth
 from seqscale.analysis import paths
@@ -52,7 +52,6 @@ from seqscale.ops import recurrent
 
 Array = jax.Array
 Params = Mapping[str, Array]
-_MASKED = -1e30  # a masked score; finite so that no softmax can produce NaN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,38 +122,13 @@ def validate(config: Config) -> None:
 # ------------------------------------------------------------------------- the layers
 
 
-def local_attention(q_BTHK: Array, k_BTHK: Array, v_BTHK: Array, r: int) -> Array:
-  """Causal attention of each position t to keys t - r .. t, in O(T r K) work per head.
-
-  Blocks of r queries attend to their own block and the previous one ([N, R, W = 2R]),
-  then the mask keeps keys t - r .. t: the same result as ``dot_product_attention`` with
-  ``causal=True, local_window=r``, without computing the other T - 2r scores of a row.
-  """
-  B, T, H, K = q_BTHK.shape
-  N = -(-T // r)
-  blocks = lambda a: jnp.pad(a, [(0, 0), (0, N * r - T), (0, 0), (0, 0)]).reshape(B, N, r, H, K)
-  q_BNRHK, k_BNRHK, v_BNRHK = blocks(q_BTHK), blocks(k_BTHK), blocks(v_BTHK)
-  prev = lambda a: jnp.concatenate([jnp.zeros_like(a[:, :1]), a[:, :-1]], axis=1)
-  k_BNWHK = jnp.concatenate([prev(k_BNRHK), k_BNRHK], axis=2)
-  v_BNWHK = jnp.concatenate([prev(v_BNRHK), v_BNRHK], axis=2)
-  scores_BHNRW = jnp.einsum("BNRHK,BNWHK->BHNRW", q_BNRHK, k_BNWHK) / math.sqrt(K)
-  block_N, row_R, col_W = jnp.arange(N), jnp.arange(r), jnp.arange(2 * r)
-  delta_RW = row_R[:, None] + r - col_W[None, :]  # query position minus key position
-  key_NW = (block_N[:, None] - 1) * r + col_W[None, :]
-  allowed_NRW = (delta_RW >= 0)[None] & (delta_RW <= r)[None] & (key_NW >= 0)[:, None, :]
-  scores_BHNRW = jnp.where(allowed_NRW, scores_BHNRW, _MASKED)
-  weights_BHNRW = jnp.where(allowed_NRW, jax.nn.softmax(scores_BHNRW, axis=-1), 0.0)
-  out_BNRHK = jnp.einsum("BHNRW,BNWHK->BNRHK", weights_BHNRW, v_BNWHK)
-  return out_BNRHK.reshape(B, N * r, H, K)[:, :T]
-
-
 def _attention(kind: str) -> Callable[..., Array]:
   """kind: "full" (causal), "masked" (causal, local_window=r) or "blocked" (local_attention)."""
   def apply(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
     del dilation
     q, k, v = (attention.project_heads(x_BTD, p[w]) for w in ("wq", "wk", "wv"))
     if kind == "blocked":
-      out_BTHK = local_attention(q, k, v, config.r)
+      out_BTHK = attention.local_attention(q, k, v, config.r)
     else:
       out_BTHK = attention.dot_product_attention(
           q, k, v, causal=True, local_window=config.r if kind == "masked" else None)
@@ -171,12 +145,7 @@ def _conv(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
 
 
 def _separable(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
-  """Depthwise causal convolution (one kernel per channel), then a pointwise D x D matmul."""
-  span = (p["w_dw"].shape[0] - 1) * dilation
-  y_BTD = jax.lax.conv_general_dilated(
-      x_BTD, p["w_dw"], (1,), [(span, 0)], rhs_dilation=(dilation,),
-      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x_BTD.shape[-1])
-  return y_BTD @ p["w_pw"] + p["b"]
+  return conv.separable_conv1d(x_BTD, p["w_dw"], p["w_pw"], p["b"], dilation=dilation)
 
 
 def _linear(mode: str) -> Callable[..., Array]:
@@ -208,7 +177,7 @@ _rec_shapes = lambda g: (lambda d, c: {"w_ih": ((d, g * d), d), "w_hh": ((d, g *
                                        "b_ih": ((g * d,), _BIAS), "b_hh": ((g * d,), _BIAS)})
 _conv_shapes = lambda kernel: (lambda d, c: {"w": ((kernel(c), d, d), kernel(c) * d),
                                              "b": ((d,), _BIAS)})
-_sep_shapes = lambda d, c: {"w_dw": ((c.k, 1, d), c.k), "w_pw": ((d, d), d),
+_sep_shapes = lambda d, c: {"w_dw": ((c.k, d), c.k), "w_pw": ((d, d), d),
                             "b": ((d,), _BIAS)}
 _lin_shapes = lambda d, c: {"wk": ((d, d), d), "wh": ((d, d), d)}
 
@@ -309,21 +278,6 @@ NOTES: dict[tuple[str, str], str] = {
         "the associative scan's tree also shortens the dependency path from x_s to y_t to "
         "O(log n) operations: the same program computes the same h_t through fewer steps.",
 }
-# Findings that are not verdicts: shown under the table.
-MIXING_NOTE = (
-    "Counting only matmuls and convolutions (MIXING), lstm, gru and both linear recurrences "
-    "have path length {mixing} at every n: x_s reaches y_t through the input projection and "
-    "then only elementwise multiplies and adds (the LSTM cell state, the GRU's "
-    "z * h_(t-1), a_t * h_(t-1)). The paper's O(n) for recurrent layers counts the steps "
-    "a signal must traverse, which the COMPUTE count measures; the Elman RNN, whose only "
-    "path is the recurrent matmul, is O(n) in both counts.")
-
-
-SEPARABLE_NOTE = (
-    "separable_conv's backward: XLA's cost analysis counts the gradient of the depthwise "
-    "kernel (a convolution with batch_group_count = d) as if it were dense, 2 k n d (d - 1) "
-    "FLOPs too many, so its fwd+bwd / fwd ratio is far above the 3 that the jaxpr count "
-    "(and every other layer) gives. The forward count, used in the fits, is right.")
 
 
 # ------------------------------------------------------------------------- measurement
@@ -449,7 +403,7 @@ def growth(ns: Sequence[int], ys: Sequence[float]) -> tuple[str, float | None]:
   return ("n" if q == 1 else f"n^{q}") if abs(p - q) <= 0.2 else f"n^{p:.2f}", p
 
 
-def _series(rows: Sequence[dict[str, Any]], layer: str, key: str, *, n: int | None = None,
+def series(rows: Sequence[dict[str, Any]], layer: str, key: str, *, n: int | None = None,
             d: int | None = None, keep: Callable[[int, int], bool] = lambda n, d: True
             ) -> tuple[list[int], list[float]]:
   pts = sorted((r["d"] if n is not None else r["n"], r[key]) for r in rows
@@ -477,9 +431,9 @@ def compare(rows: Sequence[dict[str, Any]], config: Config) -> list[dict[str, An
     for cell, axis, expected, regime in (("flops_n", "n", spec.flops_n, spec.n_regime),
                                          ("flops_d", "d", spec.flops_d, spec.d_regime)):
       fixed = {"d": config.d_fixed} if axis == "n" else {"n": config.n_fixed}
-      xs_all, ys_all = _series(rows, layer, "flops_fwd", **fixed)
+      xs_all, ys_all = series(rows, layer, "flops_fwd", **fixed)
       keep = (lambda n, d: regime(n, d, config)) if regime else (lambda n, d: True)
-      xs, ys = _series(rows, layer, "flops_fwd", keep=keep, **fixed)
+      xs, ys = series(rows, layer, "flops_fwd", keep=keep, **fixed)
       regime_text = spec.regime_text.format(regime=config.regime) if regime else "all"
       if len(xs) < 2:  # the regime is not reached in this sweep: say so, fit the top two
         xs, ys, regime_text = xs_all[-2:], ys_all[-2:], regime_text + " (not reached)"
@@ -493,7 +447,7 @@ def compare(rows: Sequence[dict[str, Any]], config: Config) -> list[dict[str, An
                                 ("path", "path_length", spec.path),
                                 ("path_mixing", "path_length_mixing", None),
                                 ("memory", "temp_bytes", None)):
-      ns, ys = _series(rows, layer, key, d=config.d_fixed)
+      ns, ys = series(rows, layer, key, d=config.d_fixed)
       cls, p = growth(ns, ys)
       agree = None if expected is None or cls == "n/a" else cls == expected
       cells[cell] = {"expected": expected, "class": cls, "exponent": p, "n": ns,
@@ -506,242 +460,26 @@ def compare(rows: Sequence[dict[str, Any]], config: Config) -> list[dict[str, An
 # ------------------------------------------------------------------------- output
 
 
-def _fmt(v: float | None) -> str:
-  if v is None:
-    return "-"
-  if isinstance(v, float) and math.isinf(v):
-    return "inf"
-  return f"{v:.4g}" if isinstance(v, float) and v != int(v) else f"{int(v)}"
-
-
-def _verdict(agree: bool | None) -> str:
-  return {True: "agree", False: "**DISAGREE**", None: "n/a"}[agree]
-
-
-def _flops_cell(c: dict[str, Any], var: str) -> str:
-  if c["exponent"] is None:
-    return "n/a"
-  text = f"{var}^{c['exponent']:.2f}"
-  if c["regime"] != "all":
-    text += f" ({c['regime']}; all: {c['exponent_all']:.2f})"
-  return f"{text}: {_verdict(c['agree'])}"
-
-
-def _growth_cell(c: dict[str, Any]) -> str:
-  if not c["values"]:
-    return "n/a"
-  span = f"{_fmt(c['values'][0])} -> {_fmt(c['values'][-1])}"
-  if c["class"] == "n/a":
-    return f"{span} (one n: no fit)"
-  cls = "O(1)" if c["class"] == "1" else f"O({c['class']})"
-  return f"{span}, {cls}" + ("" if c["agree"] is None else f": {_verdict(c['agree'])}")
-
-
-def _header(config: Config, context: Mapping[str, Any]) -> list[str]:
-  ns, ds = config.n_values, config.d_values
-  path_ns = [n for n in ns if n <= config.path_max_n]
-  return [
-      '# Table 1 of "Attention Is All You Need", measured from the compiled program', "",
-      f"Backend {context.get('backend')} ({context.get('device_kind')}), jax "
-      f"{context.get('jax')}. One layer, batch 1, float32, causal. n sweep: n = {ns[0]} .. "
-      f"{ns[-1]} at d = {config.d_fixed}; d sweep: d = {ds[0]} .. {ds[-1]} at n = "
-      f"{config.n_fixed}. k = {config.k} (dilated stack: k = {config.k_dilated}, dilations "
-      f"{config.k_dilated}^i), r = {config.r}, {config.heads} heads. Path length only at n in "
-      f"{path_ns} (unrolled evaluation), through the residual stack that connects all "
-      "positions.", ""]
-
-
-def main_table(cells: Sequence[dict[str, Any]]) -> list[str]:
-  """The paper's cells beside the measured ones, one markdown line per layer."""
-  lines = ["| layer | paper row | paper: complexity | measured FLOPs vs n | measured FLOPs vs d "
-           "| paper: sequential ops | measured depth (ops) vs n | paper: max path | measured "
-           "path (ops) vs n |", "|---|---|---|---|---|---|---|---|---|"]
-  for c in cells:
-    spec = LAYERS[c["layer"]]
-    lines.append(
-        f"| {c['layer']} | {spec.row} | {spec.complexity} | {_flops_cell(c['flops_n'], 'n')} | "
-        f"{_flops_cell(c['flops_d'], 'd')} | {spec.sequential} | {_growth_cell(c['depth'])} | "
-        f"{spec.path_text} | {_growth_cell(c['path'])} |")
-  return lines
-
-
-def _side_table(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]],
-                config: Config) -> list[str]:
-  lines = ["Beside the paper (it states neither): memory of forward+backward, and the path "
-           "counting matmuls and convolutions only.", "",
-           "| layer | temp bytes fwd+bwd vs n | path (matmuls/convs only) vs n | stack layers "
-           "(largest path n) | fwd+bwd / fwd FLOPs, XLA (jaxpr count), largest n |",
-           "|---|---|---|---|---|"]
-  for c in cells:
-    mine = [r for r in rows if r["layer"] == c["layer"] and r["d"] == config.d_fixed]
-    stacks = [r["stack_layers"] for r in mine if r["stack_layers"] is not None]
-    last = max(mine, key=lambda r: r["n"]) if mine else {}
-    ratio = lambda pre: (last[f"{pre}flops_fwd_bwd"] / last[f"{pre}flops_fwd"]
-                         if last.get(f"{pre}flops_fwd") else None)
-    mem = c["memory"]
-    mem_text = (f"n^{mem['exponent']:.2f} ({_fmt(mem['values'][0])} -> "
-                f"{_fmt(mem['values'][-1])})" if mem["exponent"] is not None else "n/a")
-    lines.append(f"| {c['layer']} | {mem_text} | {_growth_cell(c['path_mixing'])} | "
-                 f"{stacks[-1] if stacks else '-'} | {_fmt(ratio(''))} "
-                 f"({_fmt(ratio('jaxpr_'))}) |")
-  if any(c["layer"] == "separable_conv" for c in cells):
-    lines += ["", SEPARABLE_NOTE]
-  return lines
-
-
-def _findings(cells: Sequence[dict[str, Any]]) -> list[str]:
-  lines = ["## Where the measurement disagrees with the paper", ""]
-  lines += [f"- **{c['layer']}, {name}**: {c[name]['note']}" for c in cells
-            for name in ("flops_n", "flops_d", "depth", "path")
-            if c[name]["agree"] is False] or ["- nowhere"]
-  mixing = sorted({_fmt(v) for c in cells if c["layer"] in _HIGHWAY
-                   for v in c["path_mixing"]["values"]})
-  if mixing:
-    lines += ["", "Finding: " + MIXING_NOTE.format(mixing=" or ".join(mixing))]
-  return lines
-
-
-def _raw_tables(rows: Sequence[dict[str, Any]], config: Config) -> list[str]:
-  lines = []
-  for key, title in (("flops_fwd", "FLOPs of the forward pass"),
-                     ("sequential_depth", "sequential depth (dependent primitive steps)"),
-                     ("path_length", "path length (operations, COMPUTE)"),
-                     ("path_length_mixing", "path length (matmuls/convs only, MIXING)")):
-    cols = [n for n in config.n_values if not key.startswith("path") or n <= config.path_max_n]
-    lines += ["", f"### {title}, d = {config.d_fixed}", "",
-              "| layer | " + " | ".join(f"n={n}" for n in cols) + " |",
-              "|---|" + "---|" * len(cols)]
-    for layer in config.layer_names():
-      by_n = {r["n"]: r[key] for r in rows if r["layer"] == layer and r["d"] == config.d_fixed}
-      text = [("-" if by_n.get(n) is None else f"{by_n[n]:.3g}" if key == "flops_fwd"
-               else _fmt(by_n[n])) for n in cols]
-      lines.append(f"| {layer} | " + " | ".join(text) + " |")
-  return lines
-
-
-def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], config: Config,
-             context: Mapping[str, Any]) -> str:
-  """``table1.md``: the paper's table beside the measured one, findings, definitions, data."""
-  definitions = DEFINITIONS.format(**dataclasses.asdict(config))
-  return "\n".join([*_header(config, context), *main_table(cells), "",
-                    *_side_table(rows, cells, config), "", *_findings(cells), "", definitions,
-                    *_raw_tables(rows, config)]) + "\n"
-
-
-_HIGHWAY = ("lstm", "gru", "linear_recurrence_sequential", "linear_recurrence_associative")
-
-DEFINITIONS = """## What is measured, and the regimes
-
-- **FLOPs**: XLA's cost analysis of the compiled forward pass (`seqscale.analysis.flops`),
-  with every loop body counted times its trip count (XLA on CPU counts a `while` body once).
-  The layer includes its projections: Q, K, V and output for attention, `x @ w_ih` for the
-  recurrent cells. Exponents are least-squares slopes of log FLOPs against log n (at fixed d)
-  or log d (at fixed n); a cell agrees when the slope is within 0.15 of the paper's exponent.
-- **Regime**: attention's O(n^2 d) holds for n >> d. The layer costs 4 n^2 d (scores and
-  weighted values) + 8 n d^2 (projections), so its slopes are fitted on the points with
-  n >= {regime} d, and the slope over all points is shown beside. The paper's O(r n d) for
-  restricted attention likewise leaves out the 8 n d^2 of the projections; it would need
-  r >> d, which a window of r = {r} never reaches here.
-- **Sequential depth**: the longest chain of dependent primitives in the forward jaxpr
-  (`seqscale.analysis.sequential_depth`): a primitive is one step whatever its size, data
-  movement is free, a scan of n steps counts its carried path n times. Growth classes:
-  O(1) when the log-log slope is below 0.1; O(log n) when the slope is below 0.6 and the
-  values are at least as linear in log n as in n; otherwise the nearest integer power.
-- **Path length**: the paper's "length of the paths forward and backward signals have to
-  traverse" between two positions. Measured as the fewest dependent operations (every
-  primitive that is not data movement, `mixing=COMPUTE`) from x_s to y_t, maximised over
-  s <= t (`seqscale.analysis.path_length_by_mixing`), through a residual stack
-  x <- x + layer(x) just deep enough to connect every pair: 1 layer for attention and the
-  recurrences, ceil((n-1)/(k-1)) contiguous or separable convolutions, ceil(log_k n)
-  dilated ones (dilations k^i), ceil((n-1)/r) restricted attentions. The residual lets a
-  path skip layers it does not need. This counts recurrent steps: each step of a cell is a
-  few dependent operations. Counting matmuls/convolutions only (`MIXING`) is shown beside:
-  it misses the elementwise highways of gated cells (see the finding above). The
-  evaluation is unrolled and costly, hence small n only; its growth class uses those n.
-- **Memory**: temporary bytes of the compiled forward+backward (`memory_analysis`).
-- The dilated convolution's FLOPs and depth are those of one layer with the largest
-  dilation of its stack; a contiguous and a dilated layer cost the same per layer.
-"""
-
-
-def plot(rows: Sequence[dict[str, Any]], config: Config, workdir: str) -> list[str]:
-  """PNG plots, one line per layer: FLOPs, depth, path length, memory vs n; FLOPs vs d."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  written = []
-  markers = "os^vD<>ph*x+"
-  for key, axis, ylabel, name in (
-      ("flops_fwd", "n", "FLOPs (forward)", "flops_vs_n.png"),
-      ("flops_fwd", "d", "FLOPs (forward)", "flops_vs_d.png"),
-      ("sequential_depth", "n", "sequential depth (dependent ops)", "depth_vs_n.png"),
-      ("path_length", "n", "max path length (ops, COMPUTE)", "path_vs_n.png"),
-      ("temp_bytes", "n", "temp bytes (forward+backward)", "memory_vs_n.png")):
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for i, layer in enumerate(config.layer_names()):
-      fixed = {"d": config.d_fixed} if axis == "n" else {"n": config.n_fixed}
-      xs, ys = _series(rows, layer, key, **fixed)
-      if xs:
-        ax.plot(xs, ys, marker=markers[i % len(markers)], label=layer,
-                color=plt.cm.tab20(i % 20))
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    fixed_text = f"d = {config.d_fixed}" if axis == "n" else f"n = {config.n_fixed}"
-    ax.set(xlabel=axis, ylabel=ylabel, title=f"{ylabel} vs {axis} ({fixed_text})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(workdir, name)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
-  return written
-
-
-def _json_safe(v: Any) -> Any:
-  if isinstance(v, dict):
-    return {k: _json_safe(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [_json_safe(x) for x in v]
-  if isinstance(v, (float, np.floating)):
-    return float(v) if math.isfinite(v) else str(v)
-  if isinstance(v, np.integer):
-    return int(v)
-  return v
-
-
-def basic_context() -> dict[str, Any]:
-  """Versions and devices, for callers without ``seqscale.train.context`` (a higher layer)."""
-  devices = jax.devices()
-  return {"jax": jax.__version__, "backend": jax.default_backend(),
-          "device_kind": devices[0].device_kind, "device_count": len(devices)}
-
-
-def run(config: Config, workdir: str, context: Mapping[str, Any] | None = None,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(config: Config, workdir: str, log: Callable[[str], None] = print) -> dict[str, Any]:
   """Sweeps, compares, and writes ``table1.md``, PNG plots and ``results.json`` to ``workdir``.
 
-  ``context`` (versions, devices, git commit: the experiment passes
-  ``seqscale.train.context.run_context()``) goes into ``results.json`` with the config.
-  Returns the results dict (``context``, ``rows``, ``cells``, ``plots``, ``seconds``) and
-  prints the table.
+  Returns the results dict (``context``, ``rows``, ``cells``, ``plots``, ``seconds``); the
+  context names versions, devices, CPU and git commit. ``log`` gets progress and the table.
   """
+  from seqscale.studies import table1_report  # pylint: disable=g-import-not-at-top  # it reads LAYERS
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = outputs.prepare_workdir(workdir)
   start = time.perf_counter()
   rows = sweep(config, log)
   cells = compare(rows, config)
-  context = {**(context or basic_context()), "config": dataclasses.asdict(config),
-             "dtype": "float32", "batch": 1}
-  text = markdown(rows, cells, config, context)
-  with open(os.path.join(workdir, "table1.md"), "w") as f:
-    f.write(text)
-  plots = plot(rows, config, workdir)
+  context = outputs.run_context(config=dataclasses.asdict(config), dtype="float32", batch=1)
+  text = table1_report.markdown(rows, cells, config, context)
+  outputs.write_text(os.path.join(workdir, "table1.md"), text)
+  plots = table1_report.plot(rows, config, workdir)
   results = {"context": context, "rows": rows, "cells": cells,
              "plots": [os.path.basename(p) for p in plots],
              "seconds": round(time.perf_counter() - start, 1)}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(_json_safe(results), f, indent=1)
+  outputs.write_json(os.path.join(workdir, "results.json"), results)
   log(text)
   log(f"wrote {workdir}/table1.md, results.json, {len(plots)} plots in {results['seconds']} s")
   return results

@@ -23,14 +23,13 @@ For each strategy and device count N (mesh ``('data', 'seq') = (1, N)``, T split
   linear scan: T/N scan steps + ~2 log2 N (associative scan over N summaries) + 1.
   LSTM wavefront (L = N layers, M time chunks): (M + L - 1) ticks x T/M steps, about
   T + (L-1) T/M steps where the one-device stack takes L x T.
-- ``run_s``, ``compile_s``: ``cost.time_fn`` (median run; compile apart).
+- ``run_s``, ``compile_s``: ``timing.time_fn`` (median run; compile apart).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Callable
@@ -39,8 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqscale import outputs
 from seqscale.analysis import cost
 from seqscale.analysis import depth
+from seqscale.analysis import timing as timing_lib
 from seqscale.ops import attention as attention_ops
 from seqscale.ops import linear_recurrence as lr
 from seqscale.ops import recurrent
@@ -236,7 +237,7 @@ def measure(strategy: str, num_devices: int, sizes: Sizes = Sizes(), *, repeats:
          "critical_path_one_device": int(depth.sequential_depth(ref_fn, *ref_args)),
          "run_s": None, "compile_s": None, "T": sizes.T}
   if timing:
-    t = cost.time_fn(f, *args, repeats=repeats)
+    t = timing_lib.time_fn(f, *args, repeats=repeats)
     row["run_s"], row["compile_s"] = t.run_s, t.compile_s
   return row
 
@@ -266,9 +267,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], workdir: str) -> list[str]:
   """FLOPs per device and run time against devices, one line per strategy; PNG paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
   paths = []
   for key, name, ylabel in (("flops_per_device", "flops_per_device.png", "FLOPs per device"),
                             ("run_s", "time.png", "run time (s)"),
@@ -294,12 +293,10 @@ def plot(rows: list[dict[str, Any]], workdir: str) -> list[str]:
 
 def write(rows: list[dict[str, Any]], workdir: str, context: dict[str, Any]) -> str:
   """``results.json``, ``results.md`` and the plots in ``workdir``; returns the table."""
-  os.makedirs(workdir, exist_ok=True)
+  workdir = outputs.prepare_workdir(workdir)
   text = table(rows)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"context": context, "rows": rows}, f, indent=1)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text + "\n")
+  outputs.write_json(os.path.join(workdir, "results.json"), {"context": context, "rows": rows})
+  outputs.write_text(os.path.join(workdir, "results.md"), text + "\n")
   plot(rows, workdir)
   timeline(os.path.join(workdir, "timeline.png"))
   return text
@@ -334,9 +331,7 @@ def schedule(strategy: str, N: int, T: int, M: int = WAVEFRONT_CHUNKS
 
 def timeline(path: str, N: int = 4, T: int = 64) -> str:
   """Which device works when: carry passing, ring attention, wavefront, linear scan."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
   colors = {"work": "tab:blue", "redundant": "lightgray", "comm": "tab:orange"}
   names = ("lstm_carry_passing", "attention_ring", "lstm_wavefront", "linear_scan_sharded")
   fig, axes = plt.subplots(len(names), 1, figsize=(7, 7), sharex=True)

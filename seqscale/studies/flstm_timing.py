@@ -24,7 +24,6 @@ them (e.g. multiply an F-LSTM's factors back together).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import statistics
 import time
@@ -36,9 +35,11 @@ import numpy as np
 from flax import nnx
 
 from seqscale import models
+from seqscale import outputs
 from seqscale.analysis import _jaxpr
 from seqscale.analysis import cost
 from seqscale.analysis import depth
+from seqscale.analysis import timing
 from seqscale.models import factorized_lstm as fl
 from seqscale.ops import recurrent as rec_ops
 
@@ -110,14 +111,14 @@ def compare(width: int = 512, in_features: int | None = None, rank: int | None =
     params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(p))
     for T in lengths:
       x = jax.random.normal(jax.random.key(1), (batch_size, T, in_features), jnp.float32)
-      timing = cost.time_fn(forward, p, x, repeats=1)
+      times = timing.time_fn(forward, p, x, repeats=1)
       runs.append(functools.partial(jax.jit(forward), p, x))
       rows.append({
           "model": label, "width": width, "in_features": in_features, "batch_size": batch_size,
           "length": T, "params": params,
           "flops_per_step": cost.flops(forward, p, x) / T,
           "serial_flops_per_step": serial,
-          "compile_s": timing.compile_s,
+          "compile_s": times.compile_s,
           "scan_steps": max(scan_lengths(forward, p, x), default=0),
           "xla_loop_trips": max(depth.loop_trip_counts(forward, p, x), default=0),
           "sequential_depth": depth.sequential_depth(forward, p, x),
@@ -159,9 +160,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
   """Bars of FLOPs per step, time per step and sequential depth at the longest length (PNG)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = outputs.pyplot()
   T = max(r["length"] for r in rows)
   last = [r for r in rows if r["length"] == T]
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
@@ -181,11 +180,9 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 def write(rows: list[dict[str, Any]], workdir: str, context: dict[str, Any]) -> str:
   """Writes results.json (rows and ``context``), results.md and flstm_timing.png to
   ``workdir``; returns the markdown table."""
-  os.makedirs(workdir, exist_ok=True)
+  workdir = outputs.prepare_workdir(workdir)
   table = markdown(rows)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"rows": rows, "context": context}, f, indent=2)
+  outputs.write_text(os.path.join(workdir, "results.md"), table)
+  outputs.write_json(os.path.join(workdir, "results.json"), {"rows": rows, "context": context})
   plot(rows, os.path.join(workdir, "flstm_timing.png"))
   return table

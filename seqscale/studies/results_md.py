@@ -22,6 +22,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from seqscale import outputs
+
 Progress = Callable[[str], None]
 
 
@@ -99,13 +101,6 @@ def select(names: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list
   return [e for e in chosen if e.name not in skip]
 
 
-def _load_average() -> list[float] | None:
-  try:
-    return [round(v, 2) for v in os.getloadavg()]
-  except OSError:
-    return None
-
-
 def finished(workdir: str, e: Experiment) -> bool:
   """Its results.json exists, and its recorded run (if any) exited 0: an experiment that
   writes results.json part way (running_sum before its training) is not finished."""
@@ -134,7 +129,7 @@ def run_missing(experiments: Sequence[Experiment], workdir: str, *,
       shutil.rmtree(os.path.join(workdir, e.name))  # from scratch: nothing to resume from
     cmd = e.command(workdir)
     progress(f"{tag}: {cmd} (about {e.minutes:g} min on 2 CPU cores) ...")
-    load_before, start = _load_average(), time.perf_counter()
+    load_before, start = outputs.load_average(), time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     os.makedirs(os.path.join(workdir, e.name), exist_ok=True)
     with open(os.path.join(workdir, f"{e.name}.log"), "w") as log:
@@ -143,7 +138,7 @@ def run_missing(experiments: Sequence[Experiment], workdir: str, *,
     seconds = round(time.perf_counter() - start, 1)
     with open(os.path.join(workdir, e.name, "run.json"), "w") as f:
       json.dump({"command": cmd, "seconds": seconds, "date": date, "exit_code": code,
-                 "load_average_before": load_before, "load_average_after": _load_average()},
+                 "load_average_before": load_before, "load_average_after": outputs.load_average()},
                 f, indent=1)
     if code or not finished(workdir, e):
       failed.append(e.name)

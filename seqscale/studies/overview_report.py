@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime
 from typing import Any, Sequence
 
-from seqscale.analysis import running_sum
-from seqscale.analysis import table1
+from seqscale import outputs
+from seqscale.studies import running_sum
+from seqscale.studies import table1_report
 
 Row = dict[str, Any]
 
@@ -20,19 +21,12 @@ TITLES = {
 }
 
 
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 # ------------------------------------------------------------------------------ plots
 
 
 def plot_step_time(rows: Sequence[Row], path: str) -> None:
   """Two log-log panels (forward, forward+backward): seconds per step against T."""
-  plt = _plt()
+  plt = outputs.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   for ax, pass_ in zip(axes, ("fwd", "fwd_bwd")):
     for layer in dict.fromkeys(r["layer"] for r in rows):
@@ -53,7 +47,7 @@ def plot_step_time(rows: Sequence[Row], path: str) -> None:
 
 def plot_sharding(rows: Sequence[Row], path: str) -> None:
   """Bars: FLOPs per device and critical path, 1 device against N, relative to 1 device."""
-  plt = _plt()
+  plt = outputs.pyplot()
   strategies = list(dict.fromkeys(r["strategy"] for r in rows))
   counts = sorted({r["devices"] for r in rows})
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -80,7 +74,7 @@ def plot_sharding(rows: Sequence[Row], path: str) -> None:
 
 def plot_training(rows: Sequence[Row], path: str) -> None:
   """Bars: per-position accuracy at the training length, 2x and 4x, per model."""
-  plt = _plt()
+  plt = outputs.pyplot()
   fig, ax = plt.subplots(figsize=(7, 3.8))
   keys = (("accuracy", "train length"), ("accuracy_2x", "2x"), ("accuracy_4x", "4x"))
   for j, (key, label) in enumerate(keys):
@@ -99,7 +93,7 @@ def plot_training(rows: Sequence[Row], path: str) -> None:
 
 def plot_story(sections: Row, path: str) -> None:
   """The README's picture: sequential depth against n, and receptive field against layers."""
-  plt = _plt()
+  plt = outputs.pyplot()
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
   # One colour per family in both panels; the RNN dashed, since it overlaps attention right.
   style = {"rnn_scan": ("RNN (lax.scan)", "C0", "o--"),
@@ -326,7 +320,7 @@ def markdown(results: Row) -> str:
       lines += ["Both pictures in one (`story.png`):", "", "![story.png](story.png)", ""]
   if "table1" in secs:
     sec = secs["table1"]
-    lines += ["## 3. " + TITLES["table1"], "", "\n".join(table1.main_table(sec["cells"])), "",
+    lines += ["## 3. " + TITLES["table1"], "", "\n".join(table1_report.main_table(sec["cells"])), "",
               "Path lengths are left out of this compact sweep (their unrolled evaluation "
               "costs minutes; the connectivity picture shows them): `python -m "
               "experiments.table1` measures them. The whole compact table, its raw numbers "

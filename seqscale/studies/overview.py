@@ -4,16 +4,16 @@ Six sections, each a call into the library that the full experiments make at ful
 
 1. ``running_sum``: the seed's [2, 5, 3, 7] -> [2, 7, 10, 17] by ``lax.scan``,
    ``lax.associative_scan`` and attention, and the sequential depth of each against n
-   (``seqscale.analysis.running_sum``); then ``connectivity``: which inputs each output
+   (``seqscale.studies.running_sum``); then ``connectivity``: which inputs each output
    depends on after 1-4 layers of attention, convolution, dilated convolution and an RNN
-   (``seqscale.analysis.pictures``); the two make ``story.png``;
+   (``seqscale.studies.pictures``); the two make ``story.png``;
 2. ``table1``: Table 1 of "Attention Is All You Need" on a compact sweep of five layer types
-   (``seqscale.analysis.table1``);
+   (``seqscale.studies.table1``);
 3. ``step_time``: forward and forward+backward time of one layer of ``lstm``, ``wavenet``,
    ``transformer`` and ``mingru`` against T at a fixed number of tokens per step
-   (``seqscale.analysis.bench``);
+   (``seqscale.studies.bench``);
 4. ``sharding``: on 2 devices, causal attention's FLOPs per device halve and the LSTM's
-   critical path does not (``seqscale.analysis.sharding``; on a CPU with one device the
+   critical path does not (``seqscale.studies.sharding``; on a CPU with one device the
    2 devices are forced host devices in a subprocess);
 5. ``training``: the four families trained briefly on ``running_sum``, accuracy at the
    training length and at 4x (``seqscale.train``).
@@ -36,10 +36,13 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from seqscale.analysis import bench
-from seqscale.analysis import running_sum
-from seqscale.analysis import sharding
-from seqscale.analysis import table1
+from seqscale import outputs
+from seqscale.analysis import timing
+from seqscale.studies import bench
+from seqscale.studies import bench_peers
+from seqscale.studies import running_sum
+from seqscale.studies import sharding
+from seqscale.studies import table1
 
 Row = dict[str, Any]
 Progress = Callable[[str], None]
@@ -119,7 +122,7 @@ def section_running_sum(s: Settings, workdir: str, progress: Progress) -> Row:
 
 def section_connectivity(s: Settings, workdir: str, progress: Progress) -> Row:
   """|dy_t/dx_s| of residual stacks of 1..4 layers per kind, T = 32 (``pictures``)."""
-  from seqscale.analysis import pictures  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import pictures  # pylint: disable=g-import-not-at-top
   table = pictures.plot_connectivity(os.path.join(workdir, "connectivity.png"),
                                      T=s.connectivity_T)
   rows = {kind: {"receptive_field": v["receptive_field"],
@@ -133,7 +136,7 @@ def section_connectivity(s: Settings, workdir: str, progress: Progress) -> Row:
 
 def section_table1(s: Settings, workdir: str, progress: Progress) -> Row:
   """Table 1 on ``s.table1`` (written in full to ``workdir/table1``)."""
-  out = table1.run(s.table1, os.path.join(workdir, "table1"), table1.basic_context(),
+  out = table1.run(s.table1, os.path.join(workdir, "table1"),
                    log=lambda line: progress(line) if " n=" in line else None)
   return {"rows": out["rows"], "cells": out["cells"], "config": dataclasses.asdict(s.table1),
           "plots": [os.path.join("table1", p) for p in out["plots"]
@@ -150,12 +153,12 @@ def section_step_time(s: Settings, workdir: str, progress: Progress) -> Row:
     for T in s.step_lengths:
       B = max(1, s.step_tokens // T)
       for pass_ in bench.PASSES:
-        cands, tokens = bench.layer_candidates(name, b, T, B, "float32", pass_, rng,
+        cands, tokens = bench_peers.layer_candidates(name, b, T, B, "float32", pass_, rng,
                                                peers=False)
         meta = {"layer": name, "T": T, "B": B, "D": s.step_width, "dtype": "float32",
                 "pass": pass_, "tokens": tokens}
-        rows += bench.measure_group(cands, meta, progress=progress, **_group_kw(b))
-  from seqscale.analysis import overview_report  # pylint: disable=g-import-not-at-top
+        rows += timing.measure_group(cands, meta, progress=progress, **_group_kw(b))
+  from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
   overview_report.plot_step_time(rows, os.path.join(workdir, "step_time.png"))
   return {"rows": rows, "plots": ["step_time.png"]}
 
@@ -167,7 +170,7 @@ def _group_kw(b: bench.Settings) -> dict[str, Any]:
 
 _CHILD = """
 import json, sys
-from seqscale.analysis import sharding
+from seqscale.studies import sharding
 a = json.loads(sys.argv[1])
 rows = [sharding.measure(name, n, sharding.Sizes(**a["sizes"]), repeats=a["repeats"])
         for n in a["counts"] for name in a["strategies"]]
@@ -216,7 +219,7 @@ def section_sharding(s: Settings, workdir: str, progress: Progress) -> Row:
     progress(f"{r['strategy']} on {r['devices']} device(s): {r['flops_per_device']:.3g} "
              f"FLOPs/device, critical path {r['critical_path']}, max |err| "
              f"{r['max_abs_err']:.1e}")
-  from seqscale.analysis import overview_report  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
   overview_report.plot_sharding(rows, os.path.join(workdir, "sharding.png"))
   return {"rows": rows, "T": s.sharding_T, "plots": ["sharding.png"]}
 
@@ -237,7 +240,7 @@ def section_training(configs: Mapping[str, Any], train_fn: TrainFn, workdir: str
     progress(f"{name}: accuracy {row['accuracy']:.3f} at T={row['train_length']}, "
              f"{row['accuracy_4x']:.3f} at T={row['length_4x']} "
              f"({time.perf_counter() - start:.0f} s)")
-  from seqscale.analysis import overview_report  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
   overview_report.plot_training(rows, os.path.join(workdir, "training.png"))
   return {"rows": rows, "plots": ["training.png"]}
 
@@ -260,19 +263,19 @@ def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | 
     context: versions, devices, git commit (``seqscale.train.context.run_context()``).
     progress: called with one line per step of the work.
   """
-  from seqscale.analysis import overview_report  # pylint: disable=g-import-not-at-top
+  from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
   settings.check()
   if "training" in settings.sections and not (train_configs and train_fn):
     raise ValueError("the training section needs train_configs (model name -> config) and "
                      "train_fn (seqscale.train.train_and_evaluate)")
-  workdir = running_sum._workdir(workdir)  # pylint: disable=protected-access
+  workdir = outputs.prepare_workdir(workdir)
   fns = {"running_sum": section_running_sum, "connectivity": section_connectivity,
          "table1": section_table1,
          "step_time": section_step_time, "sharding": section_sharding,
          "training": lambda s, w, p: section_training(train_configs, train_fn, w, p)}
   start = time.perf_counter()
-  results: Row = {"experiment": "overview", "settings": _plain(dataclasses.asdict(settings)),
-                  "context": dict(context or table1.basic_context()), "sections": {},
+  results: Row = {"experiment": "overview", "settings": outputs.json_safe(dataclasses.asdict(settings)),
+                  "context": dict(context or outputs.run_context()), "sections": {},
                   "seconds": {}}
   names = [n for n in SECTIONS if n in settings.sections]
   for i, name in enumerate(names, 1):
@@ -284,25 +287,10 @@ def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | 
     progress(f"[overview {i}/{len(names)}] {name} done in {results['seconds'][name]} s "
              f"(elapsed {time.perf_counter() - start:.0f} s)")
   results["seconds"]["total"] = round(time.perf_counter() - start, 1)
-  results["load_average_1_5_15min"] = running_sum._load_average()  # pylint: disable=protected-access
+  results["load_average_1_5_15min"] = outputs.load_average()
   results["summary"] = overview_report.summary_rows(results)
   if "running_sum" in results["sections"] and "connectivity" in results["sections"]:
     overview_report.plot_story(results["sections"], os.path.join(workdir, "story.png"))
-  with open(os.path.join(workdir, "overview.md"), "w") as f:
-    f.write(overview_report.markdown(results))
-  running_sum.write_json(os.path.join(workdir, "results.json"), _plain(results))
+  outputs.write_text(os.path.join(workdir, "overview.md"), overview_report.markdown(results))
+  outputs.write_json(os.path.join(workdir, "results.json"), results)
   return results
-
-
-def _plain(v: Any) -> Any:
-  if isinstance(v, dict):
-    return {str(k): _plain(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [_plain(x) for x in v]
-  if isinstance(v, (np.integer,)):
-    return int(v)
-  if isinstance(v, (np.floating,)):
-    return float(v)
-  if isinstance(v, np.bool_):
-    return bool(v)
-  return v
