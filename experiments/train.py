@@ -41,7 +41,8 @@ def _check_config_arg(argv: list[str]) -> None:
   path, _, arg = values[-1].partition(":")
   if not os.path.isfile(path):
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-    known = sorted(f for f in os.listdir(here) if f.endswith(".py") and f[0] != "_")
+    known = sorted(f for f in os.listdir(here)
+                   if f.endswith(".py") and f[0] != "_" and f != "common.py")
     _fail(f"config file {path!r} does not exist; configs in {here}: {', '.join(known)}", 2)
   try:
     spec = importlib.util.spec_from_file_location("_seqscale_config", path)

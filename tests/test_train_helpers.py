@@ -25,7 +25,7 @@ CACHE_FLAGS = {"jax_compilation_cache_dir": CACHE_DIR,
                "jax_persistent_cache_min_compile_time_secs": 0,
                "jax_persistent_cache_min_entry_size_bytes": 0}
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments", "configs"))
-                 if f.endswith(".py") and not f.startswith("_"))
+                 if f.endswith(".py") and not f.startswith("_") and f != "common.py")
 
 
 @pytest.fixture(scope="module")

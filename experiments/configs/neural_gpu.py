@@ -31,6 +31,8 @@ Expected result: quick (trained on 1 to 6 bits for 1000 steps; per-bit accuracy 
 
 import ml_collections
 
+from experiments.configs import common
+
 # Constructor keywords per model; the config argument picks one (default "neural_gpu").
 TAPE = dict(in_features=24,  # token embedding width
             hidden_features=24,  # tape channels C (the papers' 24 to 128)
@@ -47,60 +49,18 @@ MODELS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The experiment. ``arg``: ``quick`` (the CPU-minutes variant) and/or a name in
   ``MODELS``, comma-separated, e.g. ``quick,extended_neural_gpu``."""
-  options = [a for a in (arg or "").split(",") if a]
-  unknown = [a for a in options if a != "quick" and a not in MODELS]
-  if unknown:
-    raise ValueError(f"config argument {arg!r}: unknown {unknown}; allowed: quick, "
-                     + ", ".join(MODELS))
-  model = next((a for a in options if a in MODELS), "neural_gpu")
-
-  c = ml_collections.ConfigDict()
-  c.seed = 0  # parameter init and data order
-
-  c.task = ml_collections.ConfigDict()
-  c.task.name = "binary_arith"  # seqscale.data task
-  c.task.problem = "addition"  # addition | multiplication
-  c.task.length = 20  # maximum train bits n; evaluated at exactly n, 2n, 4n bits
-  c.task.long_bits = 100  # one more evaluation split at this many bits (0: none)
-  c.task.num_train = 10_000  # generated training pairs (1 to n bits each)
+  model, quick = common.parse_arg(arg, MODELS, default="neural_gpu")
+  c = common.base_config("binary_arith", model, MODELS[model],
+                         problem="addition",  # addition | multiplication
+                         length=20,  # maximum train bits n; evaluated at exactly n, 2n, 4n bits
+                         long_bits=100)  # one more evaluation split at this many bits (0: none)
   c.task.num_eval = 500  # generated pairs per evaluation split
-  c.task.data_dir = ""  # generated data; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = model  # any seqscale.models name, or 'package.module:Class'
-  c.model.hparams = ml_collections.ConfigDict(MODELS[model])  # constructor keywords
-  c.model.pooling = "mean"  # unused: binary_arith is per position
-
-  c.batch_size = 32  # global batch, split over devices and hosts
-  c.eval_batch_size = 100  # evaluation batch
-  c.num_steps = 20_000  # training steps
-  c.log_every = 100  # steps between metrics lines
-  c.eval_every = 5_000  # steps between evaluations (0: only at the end)
-  c.checkpoint_every = 1_000  # steps between checkpoints (and always the last step)
-  c.keep_checkpoints = 3  # checkpoints kept
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"  # adamw | adam | sgd
-  c.optimizer.learning_rate = 3e-3  # peak learning rate
-  c.optimizer.schedule = "cosine"  # cosine | rsqrt | constant (all with linear warmup)
-  c.optimizer.warmup_steps = 200  # linear warmup steps
-  c.optimizer.weight_decay = 0.0  # AdamW decay on matrices
-  c.optimizer.clip_norm = 1.0  # global gradient-norm clip (0: off)
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.strategy = "jit"  # jit (mesh + NamedSharding) | pmap
-  c.parallel.num_devices = 0  # devices used by jit in one process; 0: all
-  c.parallel.coordinator_address = ""  # multi-host: 'host:port' of process 0 ('' = one host)
-  c.parallel.num_processes = 0  # multi-host: number of processes
-  c.parallel.process_id = -1  # multi-host: this process's index
-
-  if "quick" in options:
-    c.task.length = 6
-    c.task.long_bits = 0  # 100 bits takes 201 steps per example: minutes on a CPU
-    c.task.num_eval = 200
-    c.model.hparams.in_features = 16
-    c.model.hparams.hidden_features = 16
-    c.num_steps = 1_000
-    c.eval_every = 0
-    c.checkpoint_every = 1_000
+  c.num_steps, c.eval_every = 20_000, 5_000
+  c.optimizer.update(name="adam", learning_rate=3e-3, warmup_steps=200)
+  if quick:
+    c.task.update(length=6,
+                  long_bits=0,  # 100 bits takes 201 steps per example: minutes on a CPU
+                  num_eval=200)
+    c.model.hparams.update(in_features=16, hidden_features=16)
+    c.update(num_steps=1_000, eval_every=0)
   return c
