@@ -12,6 +12,9 @@ directions of carries: ``state[l][d]`` is h_BD, or (h_BD, c_BD) for the LSTM.
 ``impl="fast"`` (the default) runs ``ops.fast_recurrent`` (a hand-written backward pass:
 the recurrent weight gradient as one matmul over all steps); ``impl="reference"`` runs the
 plain ``ops.recurrent`` scan. Both compute the same function and gradient.
+``impl="deer"``, ``"quasi_deer"`` and ``"elk"`` evaluate the same cells in parallel over
+time by Newton iterations of an associative scan (``ops.newton``; ``unroll`` is unused,
+and a solve that does not converge falls back to the sequential scan).
 """
 
 from __future__ import annotations
@@ -26,12 +29,23 @@ from flax import nnx
 from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import fast_recurrent
+from seqscale.ops import newton
 from seqscale.ops import recurrent as ops
 
 Array = jax.Array
 
 
-_IMPLS = {"fast": fast_recurrent.run, "reference": ops.run}
+def _newton_run(method: str):
+  """``ops.recurrent.run``'s signature and results, solved by ``ops.newton``."""
+  def run(cell, x_BTI, params, carry=None, lengths_B=None, *, reverse=False, unroll=None):
+    del unroll  # no sequential loop to unroll
+    return newton.run(cell, x_BTI, params, carry, lengths_B, reverse=reverse,
+                      method=method)[:2]
+  return run
+
+
+_IMPLS = {"fast": fast_recurrent.run, "reference": ops.run,
+          **{m: _newton_run(m) for m in newton.METHODS}}
 
 
 class Weights(nnx.Module):
