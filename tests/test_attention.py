@@ -77,16 +77,39 @@ def test_make_attention_mask_matches_loop():
   assert A.make_attention_mask(3, 5).shape == (1, 1, 3, 5)
 
 
+def _naive_bf16_attention(q, k, v):
+  """Causal attention with every op in bfloat16: scores, exp, sum and division rounded."""
+  bf16, T, S, K = jnp.bfloat16, q.shape[1], k.shape[1], q.shape[-1]
+  s = jnp.einsum("BTHK,BSHK->BHTS", q, k, preferred_element_type=bf16) * bf16(K ** -0.5)
+  s = jnp.where(np.tril(np.ones((T, S), bool)), s, bf16(-1e4))
+  e = jnp.exp(s - s.max(-1, keepdims=True))
+  w = e / e.sum(-1, keepdims=True, dtype=bf16)
+  return jnp.einsum("BHTS,BSHK->BTHK", w, v, preferred_element_type=bf16)
+
+
 def test_bf16_softmax_is_float32_accurate():
-  # Large scores: a bf16 softmax would be visibly off; ours computes it in float32.
-  q, k, v = _qkv(2, dtype=jnp.bfloat16)
-  q = q * 3
+  # Large scores (|s| ~ 10, where a bf16 score is off by up to 2^-5): a bf16 softmax is
+  # visibly off; ours computes scores and softmax in float32.
+  q, k, v = _qkv(2, T=16, S=16, dtype=jnp.bfloat16)
+  q = q * 3  # exact in bf16: the inputs stay what the float64 reference sees
   ours = A.dot_product_attention(q, k, v, causal=True)
   assert ours.dtype == jnp.bfloat16
-  f32 = lambda a: a.astype(jnp.float32)
-  ref = jax.nn.dot_product_attention(f32(q), f32(k), f32(v), is_causal=True,
-                                     implementation="xla")
-  np.testing.assert_allclose(f32(ours), ref, atol=3e-2, rtol=0)
+  # Float64 reference on the same bf16-rounded inputs.
+  q64, k64, v64 = (np.asarray(a, np.float64) for a in (q, k, v))
+  s = np.einsum("BTHK,BSHK->BHTS", q64, k64) / np.sqrt(K)
+  s = np.where(np.tril(np.ones((16, 16), bool)), s, -np.inf)
+  w = np.exp(s - s.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  ref = np.einsum("BHTS,BSHK->BTHK", w, v64)
+  # bf16's unit roundoff u = 2^-8. With float32 scores and softmax, only two roundings are
+  # left: the weights to bf16 (|dw| <= u w, so u sum_s w|v|) and the output to bf16
+  # (u |out| <= u sum_s w|v|). Hence, elementwise: |ours - ref| <= 2 u sum_s w_s |v_s|.
+  tol = 2 * 2.0**-8 * np.einsum("BHTS,BSHK->BTHK", w, np.abs(v64)) + 1e-6
+  ratio = lambda out: float(np.max(np.abs(np.asarray(out, np.float64) - ref) / tol))
+  assert ratio(ours) <= 1.0
+  # The bound discriminates: rounding the scores alone moves a weight by ~|s| 2^-8 (3% at
+  # |s| ~ 8), far beyond it (measured here: naive 3.6 times the bound, ours 0.68).
+  assert ratio(_naive_bf16_attention(q, k, v)) > 1.5
 
 
 def test_fully_masked_rows_are_zero_not_nan():

@@ -1,4 +1,5 @@
-"""WaveNet, ByteNet, ConvS2S: causality and receptive fields by gradients, stepping, masks."""
+"""WaveNet, ByteNet, ConvS2S: causality and receptive fields by gradients, stepping, masks,
+and outputs against PyTorch rebuilds of each stack from the papers (weights copied)."""
 
 import jax
 import jax.numpy as jnp
@@ -162,3 +163,163 @@ def test_bad_calls_raise():
     _seq2seq("convs2s", max_length=4)(_x((1, 5, I), 0), _x((1, 3, I), 0))
   with pytest.raises(ValueError, match="batch_size"):
     _wavenet().init_state(0, 5)
+
+
+# -- against PyTorch: the three stacks rebuilt from torch.nn.Conv1d and functional ops ------
+
+
+def _perturbed(model, seed=0):
+  """Every parameter moved by N(0, 0.1^2): zero biases and unit LayerNorm scales would let
+  a mis-copied (or mis-used) bias or scale go unnoticed."""
+  rng = np.random.default_rng(seed)  # NumPy: one jax.random call per shape would compile
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(
+      lambda p: p + jnp.asarray(0.1 * rng.standard_normal(p.shape), p.dtype), params))
+  return model
+
+
+def _torch_conv(torch, kernel_WIO, bias_O, dilation, causal):
+  """A torch.nn.Conv1d ([B, C, T]) holding our [W, C_in, C_out] kernel, and its left/right
+  zero padding: (W-1) dilation on the left if causal, else half each side (odd W only)."""
+  W, c_in, c_out = kernel_WIO.shape
+  conv = torch.nn.Conv1d(c_in, c_out, W, dilation=dilation)
+  with torch.no_grad():
+    conv.weight.copy_(torch.from_numpy(np.asarray(kernel_WIO).transpose(2, 1, 0).copy()))
+    conv.bias.copy_(torch.from_numpy(np.asarray(bias_O).copy()))
+  span = (W - 1) * dilation
+  assert causal or span % 2 == 0
+  pad = (span, 0) if causal else (span // 2, span // 2)
+  return lambda x_BCT: conv(torch.nn.functional.pad(x_BCT, pad))
+
+
+def _tensors(torch, module, *names):
+  return [torch.from_numpy(np.asarray(getattr(module, n)[...]).copy()) for n in names]
+
+
+def _linear(torch, layer):
+  kernel, bias = _tensors(torch, layer, "kernel", "bias")
+  return lambda x: torch.nn.functional.linear(x, kernel.T, bias)  # x [..., C]
+
+
+def _layer_norm(torch, ln):
+  scale, bias = _tensors(torch, ln, "scale", "bias")
+  # Flax's LayerNorm epsilon is 1e-6 (PyTorch's default is 1e-5).
+  return lambda x: torch.nn.functional.layer_norm(x, x.shape[-1:], scale, bias, eps=1e-6)
+
+
+def _channels_first(f):
+  """Applies a [B, C, T] -> [B, C', T] torch function to [B, T, C]."""
+  return lambda x_BTC: f(x_BTC.transpose(1, 2)).transpose(1, 2)
+
+
+def _close_to_torch(ours, theirs):
+  np.testing.assert_allclose(np.asarray(ours), theirs.detach().numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parity
+def test_wavenet_equals_torch():
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  model = _perturbed(_wavenet(kernel_size=2, num_layers=5, dilation_cycle=3,
+                              residual_features=6, skip_features=5))
+  x = _x((2, 17, I), 20)
+  R = 6
+  # van den Oord et al. (2016), eq. 2: z = tanh(W_f * x) . sigmoid(W_g * x), the filter
+  # and the gate as two dilated causal convolutions (our kernel's first and second halves).
+  h = _linear(torch, model.inp)(torch.from_numpy(np.array(x)))
+  skips = 0
+  for layer, dilation in zip(model.layers, (1, 2, 4, 1, 2)):
+    kernel, bias = np.asarray(layer.conv.kernel[...]), np.asarray(layer.conv.bias[...])
+    conv_f = _channels_first(_torch_conv(torch, kernel[..., :R], bias[:R], dilation, True))
+    conv_g = _channels_first(_torch_conv(torch, kernel[..., R:], bias[R:], dilation, True))
+    z = torch.tanh(conv_f(h)) * torch.sigmoid(conv_g(h))
+    h = h + _linear(torch, layer.res)(z)
+    skips = skips + _linear(torch, layer.skip)(z)
+  want = _linear(torch, model.out2)(F.relu(_linear(torch, model.out1)(F.relu(skips))))
+  _close_to_torch(model(x), want)
+
+
+def _torch_bytenet_block(torch, block, dilation, causal):
+  """Kalchbrenner et al. (2016), Fig. 3: LN, ReLU, 1x1 (d -> d/2), LN, ReLU, masked
+  dilated conv, LN, ReLU, 1x1 (d/2 -> d), plus the input."""
+  F = torch.nn.functional
+  conv = _channels_first(_torch_conv(torch, block.conv.kernel[...], block.conv.bias[...],
+                                     dilation, causal))
+
+  def apply(x, mask_BT1):
+    h = _linear(torch, block.proj_in)(F.relu(_layer_norm(torch, block.ln1)(x)))
+    h = F.relu(_layer_norm(torch, block.ln2)(h))
+    if mask_BT1 is not None:
+      h = h * mask_BT1
+    h = conv(h)
+    return x + _linear(torch, block.proj_out)(F.relu(_layer_norm(torch, block.ln3)(h)))
+  return apply
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("s_len", [6, 11])  # source shorter / longer than the target
+def test_bytenet_equals_torch(s_len):
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  model = _perturbed(_seq2seq("bytenet", num_layers=4, kernel_size=3, dilation_cycle=3))
+  src, tgt = _x((2, s_len, I), 21), _x((2, 9, I), 22)
+  lengths = np.array([s_len, s_len - 3])
+  mask = np.arange(s_len)[None] < lengths[:, None]
+  ours = model(src, tgt, src_mask=jnp.asarray(mask))
+  mask_BS1 = torch.from_numpy(mask[..., None].astype(np.float32))
+  dilations = (1, 2, 4, 1)
+  x = _linear(torch, model.src_in)(torch.from_numpy(np.array(src)))
+  for block, dilation in zip(model.encoder, dilations):
+    x = _torch_bytenet_block(torch, block, dilation, causal=False)(x, mask_BS1)
+  enc = x * mask_BS1
+  # Dynamic unfolding, |t| = |s|: the encoder output at target position t, zero past the
+  # source's end.
+  T = tgt.shape[1]
+  enc = F.pad(enc[:, :T], (0, 0, 0, max(0, T - s_len)))
+  y = _linear(torch, model.tgt_in)(torch.from_numpy(np.array(tgt)))
+  y = _linear(torch, model.merge)(torch.cat([enc, y], dim=-1))
+  for block, dilation in zip(model.decoder, dilations):
+    y = _torch_bytenet_block(torch, block, dilation, causal=True)(y, None)
+  want = _linear(torch, model.out)(F.relu(_layer_norm(torch, model.out_ln)(y)))
+  _close_to_torch(ours, want)
+
+
+@pytest.mark.parity
+def test_convs2s_equals_torch():
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  model = _perturbed(_seq2seq("convs2s", num_layers=2, kernel_size=3, max_length=16))
+  src, tgt = _x((2, 7, I), 23), _x((2, 5, I), 24)
+  lengths = np.array([7, 4])
+  mask = np.arange(7)[None] < lengths[:, None]
+  ours = model(src, tgt, src_mask=jnp.asarray(mask))
+  half = np.sqrt(0.5)
+
+  def embed(emb, x):  # w x + p: a linear map of the features plus the learned position
+    pos, = _tensors(torch, emb.pos, "embedding")
+    x = torch.from_numpy(np.array(x))
+    return _linear(torch, emb.proj)(x) + pos[:x.shape[1]][None]
+
+  def conv_glu(conv, x, causal):  # Gehring et al. (2017), section 3.2: GLU over 2d channels
+    f = _torch_conv(torch, conv.kernel[...], conv.bias[...], 1, causal)
+    return F.glu(f(x.transpose(1, 2)), dim=1).transpose(1, 2)
+
+  mask_t = torch.from_numpy(mask)
+  e = embed(model.src_embed, src)
+  z = e
+  for conv in model.enc_convs:
+    z = (conv_glu(conv, z * mask_t[..., None], causal=False) + z) * half
+  values = (z + e) * half  # section 3.3: attend with z, read z + e
+  g = embed(model.tgt_embed, tgt)
+  x = g
+  for conv, attn in zip(model.dec_convs, model.attention):
+    h = conv_glu(conv, x, causal=True)
+    d = (_linear(torch, attn.q)(h) + g) * half
+    scores = torch.einsum("btd,bsd->bts", d, z).masked_fill(~mask_t[:, None, :], -torch.inf)
+    a = torch.softmax(scores, dim=-1)
+    # The conditional input scaled by m sqrt(1/m) = sqrt(m), m the source length.
+    c = torch.einsum("bts,bsd->btd", a, values) * torch.sqrt(mask_t.sum(-1).float())[:, None,
+                                                                                      None]
+    h = (_linear(torch, attn.o)(c) + h) * half
+    x = (h + x) * half
+  _close_to_torch(ours, _linear(torch, model.out)(x))

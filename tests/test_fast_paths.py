@@ -81,14 +81,61 @@ def test_fast_recurrent_unroll_and_zero_carry(cell, rng):
     _close(got, want)
 
 
+_U = 2.0**-8  # bfloat16's unit roundoff: one rounding moves a value by <= u |value|
+_bf16 = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)
+_f32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32), t)
+
+
+def _bf16_errors(got, want, rounding_steps):
+  """Per leaf: max |got - want| over the bf16 tolerance u sqrt(steps) max|want|.
+
+  ``want`` is float32 on the same bf16-rounded inputs, so only the rounding inside the
+  computation differs; independent roundings of <= u each add up like a random walk over
+  the ``rounding_steps`` dependent ops, relative to the leaf's scale.
+  """
+  return [float(np.max(np.abs(np.asarray(g, np.float32) - np.asarray(w, np.float32)))
+                / (_U * np.sqrt(rounding_steps) * np.max(np.abs(np.asarray(w)))))
+          for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want))]
+
+
+def _mutant_params(params, G, kind, gate=0):
+  """Plausible bugs as weights: gates 0 and 1 swapped, each gate's w_hh transposed, or
+  gate ``gate`` missing (its pre-activation pushed to +100, so it is a constant 1)."""
+  blocks = lambda w: jnp.split(w, G, axis=-1)
+  if kind == "swapped_gates":
+    swap = lambda w: jnp.concatenate([blocks(w)[i] for i in (1, 0, *range(2, G))], -1)
+    return {n: swap(w) for n, w in params.items()}
+  if kind == "missing_gate":
+    D = params["w_hh"].shape[0]
+    return dict(params, b_ih=params["b_ih"].at[gate * D:(gate + 1) * D].add(100.0))
+  return dict(params, w_hh=jnp.concatenate([b.T for b in blocks(params["w_hh"])], -1))
+
+
+# Dependent ops per step on the recurrent path (h @ w_hh, bias and input adds, the gates'
+# products, activations): the counts test_table1 derives from the cell equations.
+_OPS_PER_STEP = {"lstm": 8, "gru": 10}
+_FORGET_OR_RESET = {"lstm": 1, "gru": 0}  # the gate that "missing_gate" removes
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_fast_recurrent_bfloat16_follows_float32(cell, rng):
-  params, x, carry = _rec_inputs(cell, rng, T=16)
-  bf = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)
-  want = _value_and_grads(lambda *a: fast.run(cell, a[1], a[0], a[2]), params, x, carry)
-  got = _value_and_grads(lambda *a: fast.run(cell, a[1], a[0], a[2]), *bf((params, x, carry)))
+  T = 16
+  args = _bf16(_rec_inputs(cell, rng, T=T))  # (params, x, carry), rounded once to bf16
+  run = lambda module: (lambda p, x, c: module.run(cell, x, p, c))
+  # The float32 reference (the readable scan) on the same bf16-rounded values.
+  want = _value_and_grads(run(rec_ref), *_f32(args))
+  got = _value_and_grads(run(fast), *args)
   assert jax.tree.leaves(got[0])[0].dtype == jnp.bfloat16
-  _close(got, want, atol=0.15, rtol=0.1)
+  steps = T * _OPS_PER_STEP[cell]  # forward; the backward pass walks the chain once more
+  assert max(_bf16_errors(got[0], want[0], steps)) <= 1.0  # measured: ~0.2
+  assert max(_bf16_errors(got[1], want[1], 2 * steps)) <= 1.0  # measured: ~0.2
+  # The tolerance is tight enough to catch a gate-order, transposition or missing-gate bug:
+  # each, run in float32, is off by more than 2 tolerances (measured: 8 to 16).
+  params, x, carry = _f32(args)
+  for kind in ("swapped_gates", "transposed_w_hh", "missing_gate"):
+    bad_params = _mutant_params(params, GATES[cell], kind, _FORGET_OR_RESET[cell])
+    bad = rec_ref.run(cell, x, bad_params, carry)
+    assert max(_bf16_errors(bad, want[0], steps)) > 2.0, kind
 
 
 def test_fast_recurrent_rejects_bad_arguments(rng):
@@ -176,13 +223,21 @@ def test_blockwise_attention_traced_query_offset_decoding(rng):
 
 
 def test_blockwise_attention_bfloat16_follows_float32(rng):
-  q, k, v = _qkv(rng, T=32, S=32)
-  bf = lambda t: jax.tree.map(lambda a: a.astype(jnp.bfloat16), t)
+  q, k, v = _bf16(_qkv(rng, T=32, S=32))
   fn = lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True, block_q=8, block_k=8)
-  want = _value_and_grads(fn, q, k, v)
-  got = _value_and_grads(fn, *bf((q, k, v)))
+  got = _value_and_grads(fn, q, k, v)
   assert got[0].dtype == jnp.bfloat16
-  _close(got, want, atol=0.1, rtol=0.05)
+  # The float32 einsum reference on the same bf16-rounded inputs.
+  ref = lambda q, k, v: attn_ref.dot_product_attention(q, k, v, causal=True)
+  want = _value_and_grads(ref, *_f32((q, k, v)))
+  # Scores and softmax in float32 leave two bf16 roundings forward (weights, output: see
+  # test_attention.test_bf16_softmax_is_float32_accurate) and about four backward (dout v,
+  # the softmax's Jacobian product, the matmul with q or k, the cast): 4 steps in all.
+  assert max(_bf16_errors(got, want, 4)) <= 1.0  # measured: ~0.6
+  # Tight enough: a missing 1/sqrt(K) scale, or heads crossed in k, is far outside.
+  for bad in (attn_ref.dot_product_attention(*_f32((q, k, v)), causal=True, scale=1.0),
+              ref(*_f32((q, k[:, :, ::-1], v)))):
+    assert max(_bf16_errors(bad, want[0], 4)) > 2.0
 
 
 def test_blockwise_attention_memory_grows_linearly_in_T():

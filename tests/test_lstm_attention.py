@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from seqscale import models
+from seqscale.models import decoding
 from seqscale.models import lstm_attention as la
 from seqscale.ops import additive_attention as attn
 
@@ -179,8 +180,9 @@ def test_greedy_equals_beam_of_one_and_the_argmax_of_the_full_call(kw):
   src, _ = _data(seed=4)
   head = _Head(_model(**kw))
   kwargs = dict(max_length=6, bos_id=BOS, eos_id=EOS)
-  g_tok, g_score = la.decode_greedy(head.model, src, head.embed, head.out, **kwargs)
-  b_tok, b_score = la.decode_beam(head.model, src, head.embed, head.out, beam_size=1, **kwargs)
+  g_tok, g_score = decoding.decode_greedy(head.model, src, head.embed, head.out, **kwargs)
+  b_tok, b_score = decoding.decode_beam(head.model, src, head.embed, head.out, beam_size=1,
+                                        **kwargs)
   np.testing.assert_array_equal(np.asarray(g_tok), np.asarray(b_tok))
   np.testing.assert_allclose(np.asarray(g_score), np.asarray(b_score), rtol=1e-6)
   # Teacher-forcing the greedy output, each token is the argmax given its prefix.
@@ -200,8 +202,9 @@ def test_wide_beam_finds_the_most_likely_sequence_by_exhaustive_search():
   L = 3
   src, _ = _data(seed=5)
   head = _Head(_model(attention="additive"), seed=6)
-  tok, score = la.decode_beam(head.model, src, head.embed, head.out, beam_size=V ** (L - 1),
-                              max_length=L, bos_id=BOS, eos_id=EOS)
+  tok, score = decoding.decode_beam(head.model, src, head.embed, head.out,
+                                    beam_size=V ** (L - 1), max_length=L, bos_id=BOS,
+                                    eos_id=EOS)
   # Every sequence of length L, scored by the teacher-forced call up to its first EOS.
   seqs = jnp.asarray(list(itertools.product(range(V), repeat=L)), jnp.int32)  # [V^L, L]
   best = []
@@ -211,8 +214,8 @@ def test_wide_beam_finds_the_most_likely_sequence_by_exhaustive_search():
     totals = np.asarray([lp[i, :n].sum() for i, n in enumerate(ends)])
     i = int(totals.argmax())
     best.append((np.asarray(seqs[i])[:ends[i]], totals[i]))
-  greedy_tok, _ = la.decode_greedy(head.model, src, head.embed, head.out, max_length=L,
-                                   bos_id=BOS, eos_id=EOS)
+  greedy_tok, _ = decoding.decode_greedy(head.model, src, head.embed, head.out,
+                                         max_length=L, bos_id=BOS, eos_id=EOS)
   for b, (seq, total) in enumerate(best):
     np.testing.assert_array_equal(np.asarray(tok[b, :len(seq)]), seq)
     assert float(score[b]) == pytest.approx(total, abs=1e-4)
@@ -230,8 +233,8 @@ def test_decoders_work_for_any_stepping_seq2seq_model():
   rngs = nnx.Rngs(1)
   embed, out = nnx.Embed(V, I, rngs=rngs), nnx.Linear(D, V, rngs=rngs)
   kwargs = dict(max_length=5, bos_id=BOS, eos_id=EOS)
-  g_tok, _ = la.decode_greedy(model, src, embed, out, **kwargs)
-  b_tok, _ = la.decode_beam(model, src, embed, out, beam_size=1, **kwargs)
+  g_tok, _ = decoding.decode_greedy(model, src, embed, out, **kwargs)
+  b_tok, _ = decoding.decode_beam(model, src, embed, out, beam_size=1, **kwargs)
   np.testing.assert_array_equal(np.asarray(g_tok), np.asarray(b_tok))
 
 
@@ -252,8 +255,8 @@ def test_bad_decode_arguments_raise_value_error():
   src, _ = _data()
   head = _Head(_model())
   with pytest.raises(ValueError, match="beam_size=0"):
-    la.decode_beam(head.model, src, head.embed, head.out, beam_size=0, max_length=3,
-                   bos_id=BOS, eos_id=EOS)
+    decoding.decode_beam(head.model, src, head.embed, head.out, beam_size=0, max_length=3,
+                         bos_id=BOS, eos_id=EOS)
   with pytest.raises(ValueError, match="max_length=0"):
-    la.decode_greedy(head.model, src, head.embed, head.out, max_length=0, bos_id=BOS,
-                     eos_id=EOS)
+    decoding.decode_greedy(head.model, src, head.embed, head.out, max_length=0, bos_id=BOS,
+                           eos_id=EOS)

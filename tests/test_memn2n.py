@@ -1,7 +1,8 @@
 """End-to-end memory network and the bAbI-like task: a one-hop network against a hand
-computation, the full network against a NumPy implementation (PE, temporal encoding, both
-weight tyings), PE against the paper's formula, the task's answers against an independent
-simulator, the real bAbI reader on a TFDS stand-in, and a short training run."""
+computation, the full network against a NumPy implementation of the paper's equations (PE,
+temporal encoding, both weight tyings), PE against the paper's formula, the task's answers
+against an independent simulator, the real bAbI reader on a TFDS stand-in, and a short
+training run."""
 
 import math
 
@@ -92,47 +93,71 @@ def test_padding_words_and_empty_slots_change_nothing():
 # -- K hops against NumPy -----------------------------------------------------------------
 
 
-def _np_memn2n(model, story, query):
-  """A direct NumPy transcription of the paper's equations (one example at a time)."""
-  E = np.asarray(model.embed[...], np.float64)
-  T = None if model.temporal is None else np.asarray(model.temporal[...], np.float64)
-  K, d, ms = model.num_hops, E.shape[-1], model.memory_size
+def _paper_memn2n(story, query, *, A, C, B, W, T_A, T_C, H, position_encoding,
+                  memory_size):
+  """End-To-End Memory Networks (Sukhbaatar et al. 2015), section 2 and 4.1, in NumPy.
 
-  def enc(emb, words):
+  Column vectors as in the paper: A[k], C[k] (hop k = 0..K-1), B are [d, V] embedding
+  matrices (``A x`` of a one-hot word x is a column), W is [V, d], T_A[k], T_C[k] are
+  temporal tables [memory_size, d] (row i - 1 for the i-th sentence counted back from the
+  question, the last rows shared beyond), H [d, d] or None. The update between hops is
+  u^{k+1} = H u^k + o^k (layer-wise tying) or u^k + o^k, and the answer is W u^{K+1}.
+  Knows nothing of how a model stores or ties its weights.
+  """
+  K, d = len(A), B.shape[0]
+
+  def embed(M, words):  # sum_j l_j * M x_j (position encoding) or sum_j M x_j
     words = [w for w in words if w]
-    out = np.zeros(d)
+    J, out = len(words), np.zeros(d)
     for j, w in enumerate(words, 1):
-      J = len(words)
       l = np.array([(1 - j / J) - (k / d) * (1 - 2 * j / J) for k in range(1, d + 1)])
-      out += (l if model.position_encoding else 1.0) * emb[w]
+      out += (l if position_encoding else 1.0) * M[:, w]
     return out
 
-  def memories(e, t, sentences):
-    n = len(sentences)
-    return np.stack([enc(E[e], s) + (0 if T is None else T[t][min(n - 1 - i, ms - 1)])
-                     for i, s in enumerate(sentences)])
-
-  out = []
+  logits = []
   for s_MJ, q_J in zip(story, query):
-    sentences = [row for row in s_MJ if (row > 0).any()]
-    u = enc(E[0], q_J)
-    for k in range(1, K + 1):
-      if model.tying == "adjacent":
-        m, c = memories(k - 1, k - 1, sentences), memories(k, k, sentences)
-      else:
-        m, c = memories(1, 0, sentences), memories(2, 1, sentences)
-      p = np.exp(m @ u - (m @ u).max())
-      o = (p / p.sum()) @ c
-      if k < K:
-        u = (u @ np.asarray(model.H[...]) if model.tying == "layerwise" else u) + o
-    a = u + o
-    out.append(a @ (E[K].T if model.tying == "adjacent" else np.asarray(model.W[...])))
-  return np.stack(out)
+    sentences = [row for row in s_MJ if (row > 0).any()][::-1]  # x_1: the last sentence
+    u = embed(B, q_J)
+    for k in range(K):
+      back = [min(i, memory_size - 1) for i in range(len(sentences))]
+      m = np.stack([embed(A[k], x) + (0 if T_A is None else T_A[k][r])
+                    for x, r in zip(sentences, back)])
+      c = np.stack([embed(C[k], x) + (0 if T_C is None else T_C[k][r])
+                    for x, r in zip(sentences, back)])
+      scores = m @ u
+      p = np.exp(scores - scores.max())
+      p /= p.sum()
+      o = p @ c
+      u = (u if H is None else H @ u) + o
+    logits.append(W @ u)
+  return np.stack(logits)
+
+
+def _paper_weights(model):
+  """The paper's matrices from the model's parameters, by the tying rules of section 2.2.
+
+  adjacent: A^{k+1} = C^k, B = A^1, W^T = C^K (and T_A^{k+1} = T_C^k); the model stores
+  E[0] = A^1, E[k] = C^k (as [V, d] rows). layer-wise: A^1 = .. = A^K, C^1 = .. = C^K, a
+  separate B and W, and H; the model stores E = (B, A, C) and W, H for row vectors.
+  """
+  f64 = lambda a: None if a is None else np.asarray(a[...], np.float64)
+  E, T, K = f64(model.embed), f64(model.temporal), model.num_hops
+  if model.tying == "adjacent":
+    A = [E[k].T for k in range(K)]
+    C = [E[k + 1].T for k in range(K)]
+    T_A = None if T is None else [T[k] for k in range(K)]
+    T_C = None if T is None else [T[k + 1] for k in range(K)]
+    return dict(A=A, C=C, B=A[0], W=C[-1].T, T_A=T_A, T_C=T_C, H=None)
+  T_A = None if T is None else [T[0]] * K
+  T_C = None if T is None else [T[1]] * K
+  return dict(A=[E[1].T] * K, C=[E[2].T] * K, B=E[0].T, W=f64(model.W).T, T_A=T_A, T_C=T_C,
+              H=f64(model.H).T)
 
 
 @pytest.mark.parametrize("kwargs", [
     dict(tying="adjacent"),
     dict(tying="layerwise"),
+    dict(tying="layerwise", position_encoding=False, memory_size=2),
     dict(tying="adjacent", position_encoding=False, temporal_encoding=False),
     dict(tying="adjacent", memory_size=3),  # old sentences share the last temporal row
 ])
@@ -148,7 +173,11 @@ def test_three_hops_equal_numpy(rng, kwargs):
   query = np.zeros((3, 4), np.int32)
   query[:, :3] = rng.integers(1, V, size=(3, 3))
   got = np.asarray(model(jnp.asarray(story), jnp.asarray(query)))
-  np.testing.assert_allclose(got, _np_memn2n(model, story, query), rtol=2e-4, atol=2e-5)
+  want = _paper_memn2n(story, query, **_paper_weights(model),
+                       position_encoding=model.position_encoding,
+                       memory_size=model.memory_size)
+  # float32 against float64: a few ulps of logits of size ~1 after three hops.
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
 
 
 def test_attention_sums_to_one_over_real_sentences():

@@ -5,6 +5,8 @@ A new registered model must be added to SMALL below (the first test fails until 
 no model escapes these checks.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,8 @@ import pytest
 from flax import nnx
 
 from seqscale import models
+from seqscale.models import moe as moe_models
+from seqscale.ops import moe as moe_ops
 
 I, D, V = 3, 8, 11  # input features, width, vocabulary
 SMALL = {
@@ -188,3 +192,84 @@ def test_models_that_cannot_step_say_why(name, extra):
   model = _build(name, **extra)
   with pytest.raises(ValueError):
     model.step(jnp.zeros((2, I)), model.init_state(batch_size=2, max_length=4))
+
+
+# -- the mixtures of experts with gate noise on and a balancing loss ------------------------
+
+
+def _np_balancing_loss(x_NI, w_gate_IE, w_noise_IE, eps_NE, k, w_importance, w_load):
+  """Shazeer et al. (2017), eqs. 4-10, in float64: H = x W_g + eps softplus(x W_noise)
+  (+ 1e-2, Tensor2Tensor's floor on the noise scale), gates = softmax over the top k of H,
+  Importance = sum_x G(x), Load_e = sum_x P(x, e) with P(x, e) = Phi((x W_g)_e - kth_excluding
+  (H(x), k, e)) / noise scale_e), loss = w_imp CV(Importance)^2 + w_load CV(Load)^2."""
+  phi = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # the standard normal CDF
+  x = np.asarray(x_NI, np.float64)
+  clean = x @ np.asarray(w_gate_IE, np.float64)
+  std = np.log1p(np.exp(x @ np.asarray(w_noise_IE, np.float64))) + 1e-2
+  noisy = clean + eps_NE * std
+  N, E = noisy.shape
+  gates, prob = np.zeros((N, E)), np.zeros((N, E))
+  for n in range(N):
+    top = np.argsort(-noisy[n])[:k]
+    g = np.exp(noisy[n, top] - noisy[n, top].max())
+    gates[n, top] = g / g.sum()
+    for e in range(E):
+      kth_excluding = np.sort(np.delete(noisy[n], e))[::-1][k - 1]
+      prob[n, e] = phi((clean[n, e] - kth_excluding) / std[n, e])
+  cv2 = lambda v: v.var() / v.mean() ** 2
+  return w_importance * cv2(gates.sum(0)) + w_load * cv2(prob.sum(0)), gates
+
+
+MOE_MODELS = ["moe", "lstm_moe", "transformer_moe"]
+
+
+@pytest.mark.parametrize("name", MOE_MODELS)
+def test_moe_models_with_noise_and_balancing_loss(name, monkeypatch):
+  """Noise on and non-zero loss weights (SMALL has neither): the recorded auxiliary loss is
+  Shazeer's, computed in NumPy from the mixture's inputs and noise; the same gating stream
+  gives the same output, another stream (or the next call) another."""
+  w_imp, w_load = 0.1, 0.3
+
+  def build(gating_seed):
+    kw = {**SMALL[name], "noisy_gating": True, "importance_weight": w_imp,
+          "load_weight": w_load}
+    model = models.create(name, **kw, rngs=nnx.Rngs(0, gating=gating_seed))
+    mixtures = [m for _, m in nnx.iter_graph(model) if isinstance(m, moe_models.MoE)]
+    rng = np.random.default_rng(3)  # non-zero gates: the paper initialises them to zero
+    for m in mixtures:
+      m.w_gate[...] = jnp.asarray(rng.normal(size=m.w_gate.shape), jnp.float32)
+      m.w_noise[...] = jnp.asarray(0.5 * rng.normal(size=m.w_noise.shape), jnp.float32)
+    return model, mixtures
+
+  calls = []  # what each mixture's gating saw: its tokens and its noise key
+  gating = moe_ops.noisy_top_k_gating
+
+  def spy(x_NI, w_gate_IE, w_noise_IE, k, **kw):
+    calls.append((np.asarray(x_NI), kw.get("noise_key")))
+    return gating(x_NI, w_gate_IE, w_noise_IE, k, **kw)
+
+  monkeypatch.setattr(moe_ops, "noisy_top_k_gating", spy)
+  model, mixtures = build(gating_seed=1)
+  (x,) = _inputs(model, T=6)
+  y = np.asarray(model(x))
+  assert len(calls) == len(mixtures) >= 1
+  for m, (x_NI, key) in zip(mixtures, calls):
+    assert key is not None  # the noise is on
+    eps = np.asarray(jax.random.normal(key, (x_NI.shape[0], m.num_experts)), np.float64)
+    want, gates = _np_balancing_loss(x_NI, m.w_gate[...], m.w_noise[...], eps, m.k, w_imp,
+                                     w_load)
+    assert want > 1e-3  # a non-trivial loss: the check below can fail
+    assert float(m.aux_loss[...]) == pytest.approx(want, rel=1e-4)
+  assert float(moe_models.auxiliary_loss(model)) == pytest.approx(
+      sum(float(m.aux_loss[...]) for m in mixtures), rel=1e-6)
+  if name == "moe":  # the layer alone: y = sum_e G(x)_e E_e(x) (capacity drops nothing here)
+    m = mixtures[0]
+    w1, b1, w2, b2 = (np.asarray(getattr(m, n)[...], np.float64) for n in ("w1", "b1", "w2",
+                                                                           "b2"))
+    x_NI = calls[0][0].astype(np.float64)
+    experts = [np.maximum(x_NI @ w1[e] + b1[e], 0) @ w2[e] + b2[e] for e in range(len(w1))]
+    want_y = sum(gates[:, [e]] * experts[e] for e in range(len(w1)))
+    np.testing.assert_allclose(y.reshape(want_y.shape), want_y, atol=1e-5)
+  # The noise is drawn from the model's "gating" stream: same stream, same output.
+  np.testing.assert_array_equal(np.asarray(build(gating_seed=1)[0](x)), y)
+  assert not np.allclose(np.asarray(build(gating_seed=2)[0](x)), y)

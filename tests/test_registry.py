@@ -51,3 +51,24 @@ def test_bad_dotted_paths_say_what_is_wrong(path, needle):
 def test_registering_a_taken_name_to_another_class_fails():
   with pytest.raises(ValueError, match="already registered"):
     models.register("lstm")(type("Other", (), {}))
+
+
+def test_the_generic_registry_serves_any_kind():
+  from seqscale import registry  # pylint: disable=g-import-not-at-top
+  widgets = registry.Registry("widget", implicit=("rngs",))
+
+  @widgets.register("box")
+  def box(size: int = 1, *, rngs=None):
+    del rngs
+    return ("box", size)
+
+  assert widgets.names() == ["box"] and widgets.lookup("box") is box
+  assert widgets.build("box", size=3) == ("box", 3)
+  with pytest.raises(ValueError, match="unknown widget 'bx'; known widgets: box"):
+    widgets.lookup("bx")
+  with pytest.raises(ValueError) as e:
+    widgets.build("box", width=2)
+  assert str(e.value) == "widget 'box' does not take 'width'; it takes: size"
+  with pytest.raises(ValueError, match="already registered"):
+    widgets.register("box")(lambda: None)
+  assert widgets.lookup("forks.example.cummean:CumulativeMean").__name__ == "CumulativeMean"

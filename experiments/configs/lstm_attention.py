@@ -6,7 +6,7 @@ forced), reading the encoder states through additive attention, multiplicative a
 not at all (then only the encoder's final state reaches the decoder, as in Sutskever et al.
 2014). Evaluated at the training source length S and at 2S and 4S; `accuracy` is per target
 token, `seq_accuracy` whole targets. Greedy and beam search decoding:
-`seqscale.models.lstm_attention.decode_greedy` / `decode_beam`.
+`seqscale.models.decoding.decode_greedy` / `decode_beam`.
 
 Command:
   python -m experiments.train --config=experiments/configs/lstm_attention.py \

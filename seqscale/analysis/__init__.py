@@ -19,6 +19,7 @@ from seqscale.analysis.cost import xla_cost
 from seqscale.analysis.cost import xla_flops
 from seqscale.analysis.depth import depth_transfer
 from seqscale.analysis.depth import loop_trip_counts
+from seqscale.analysis.depth import scan_lengths
 from seqscale.analysis.depth import sequential_depth
 from seqscale.analysis.paths import COMPUTE
 from seqscale.analysis.paths import MIXING

@@ -217,3 +217,19 @@ def sequential_depth(f: Callable[..., Any], *args: Any,
 def loop_trip_counts(f: Callable[..., Any], *args: Any) -> list[int]:
   """Cross-check: trip counts of the ``while`` loops in the compiled HLO of ``f``."""
   return cost.hlo_trip_counts(f, *args)
+
+
+def scan_lengths(f: Callable[..., Any], *args: Any) -> list[int]:
+  """The lengths of every ``scan`` in ``jax.make_jaxpr(f)(*args)``, nested calls included."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in _jaxpr.open_jaxpr(jaxpr)[0].eqns:
+      if eqn.primitive.name == "scan":
+        found.append(int(eqn.params["length"]))
+      for sub in eqn.params.values():
+        if isinstance(sub, (_jaxpr.Jaxpr, _jaxpr.ClosedJaxpr)):
+          walk(sub)
+
+  walk(jax.make_jaxpr(f)(*args))
+  return found

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from seqscale.data.synthetic import SyntheticTask, chunks
-from seqscale.data.task import Example, check_int, register_task, scaled_splits
+from seqscale.data.task import Example, check_int, register_task
 
 BASELINE_MSE = 1.0 / 6.0  # Var(U1 + U2) for independent U(0, 1).
 
@@ -38,8 +38,7 @@ class AddingProblem(SyntheticTask):
     check_int("length", length, minimum=2)
     super().__init__(length=length, num_train=num_train, num_eval=num_eval, seed=seed,
                      data_dir=data_dir)
-    self.eval_splits = scaled_splits(self.train_length)
-    self.sequence_lengths = {"train": self.train_length, **self.eval_splits}
+    self._set_lengths(self.train_length)
     self.baseline = {"mse": BASELINE_MSE}
 
   def feature_spec(self):

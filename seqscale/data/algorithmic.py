@@ -29,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from seqscale.data.synthetic import SyntheticTask
-from seqscale.data.task import Example, check_choice, check_int, register_task, scaled_splits
+from seqscale.data.task import Example, check_choice, check_int, register_task
 
 PAD, BOS, SEP, EOS, PLUS = 0, 1, 2, 3, 4
 DIGIT0 = 5
@@ -71,9 +71,7 @@ class Algorithmic(SyntheticTask):
                      data_dir=data_dir, problem=problem, base=base)
     self.problem, self.base = problem, base
     self.vocab_size = self.num_classes = base + DIGIT0
-    self.eval_splits = scaled_splits(self.train_length)
-    sources = {"train": self.train_length, **self.eval_splits}
-    self.sequence_lengths = {s: 2 * n + 1 for s, n in sources.items()}
+    self._set_lengths(self.train_length, lambda n: 2 * n + 1)
 
   def feature_spec(self):
     return {"src": (np.int32, (None,)), "tgt": (np.int32, (None,))}

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from seqscale.data.synthetic import SyntheticTask, chunks
-from seqscale.data.task import Example, check_int, register_task, scaled_splits
+from seqscale.data.task import Example, check_int, register_task
 
 
 @register_task("associative_recall")
@@ -47,8 +47,7 @@ class AssociativeRecall(SyntheticTask):
     self.query_id = num_keys + num_values + 1
     self.vocab_size = num_keys + num_values + 2
     self.num_classes = num_values
-    self.eval_splits = scaled_splits(self.train_length)
-    self.sequence_lengths = {"train": self.train_length, **self.eval_splits}
+    self._set_lengths(self.train_length)
     self.baseline = {"xent": math.log(num_values)}
 
   def feature_spec(self):

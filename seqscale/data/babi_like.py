@@ -176,10 +176,7 @@ class BabiLike(SyntheticTask):
                      data_dir=data_dir, problem=problem)
     self.problem = problem
     self.sentence_words = SENTENCE_WORDS
-    self.eval_splits = scaled_splits(self.train_length)
-    self.sequence_lengths = {s: m * (SENTENCE_WORDS + 1) + SENTENCE_WORDS + 1
-                             for s, m in {"train": self.train_length,
-                                          **self.eval_splits}.items()}
+    self._set_lengths(self.train_length, lambda m: m * (SENTENCE_WORDS + 1) + SENTENCE_WORDS + 1)
     self.baseline = {"xent": math.log(len(PLACES))}  # the answer is one of the places
 
   def feature_spec(self):
@@ -285,8 +282,7 @@ class Babi(Task):
     self.vocab_size = self.num_classes = len(self.words)
     self.sentence_words = max(
         [len(_words(_text(t))) for s in self._stories("train") for t in s["text"]] or [1])
-    self.sequence_lengths = {s: m * (self.sentence_words + 1) + self.sentence_words + 1
-                             for s, m in {"train": length, **self.eval_splits}.items()}
+    self._set_lengths(length, lambda m: m * (self.sentence_words + 1) + self.sentence_words + 1)
 
   def _tfds_split(self, split: str) -> str:
     return "train" if split == "train" else "test"

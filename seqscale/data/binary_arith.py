@@ -70,11 +70,10 @@ class BinaryArith(SyntheticTask):
     super().__init__(length=length, num_train=num_train, num_eval=num_eval, seed=seed,
                      data_dir=data_dir, problem=problem, long_bits=long_bits)
     self.problem, self.long_bits = problem, long_bits
-    self.eval_splits = scaled_splits(self.train_length)
+    eval_splits = scaled_splits(self.train_length)
     if long_bits > 4 * self.train_length:
-      self.eval_splits["test_long"] = long_bits
-    self.sequence_lengths = {s: 2 * n + 1
-                             for s, n in {"train": self.train_length, **self.eval_splits}.items()}
+      eval_splits["test_long"] = long_bits
+    self._set_lengths(self.train_length, lambda n: 2 * n + 1, eval_splits)
     self.baseline = {"xent": math.log(2)}
 
   def feature_spec(self):

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from seqscale.data.synthetic import SyntheticTask, chunks
-from seqscale.data.task import Example, register_task, scaled_splits
+from seqscale.data.task import Example, every_position, register_task
 
 NUM_SYMBOLS = 8
 NUM_TO_COPY = 10
@@ -53,9 +53,8 @@ class CopyMemory(SyntheticTask):
                seed: int = 0, data_dir: str | os.PathLike[str] | None = None):
     super().__init__(length=length, num_train=num_train, num_eval=num_eval, seed=seed,
                      data_dir=data_dir)
-    self.eval_splits = scaled_splits(self.train_length)
+    self._set_lengths(self.train_length, lambda t: t + 2 * NUM_TO_COPY)
     delays = {"train": self.train_length, **self.eval_splits}
-    self.sequence_lengths = {s: t + 2 * NUM_TO_COPY for s, t in delays.items()}
     self.split_baselines = {s: {"xent": baseline_xent(t)} for s, t in delays.items()}
     self.baseline = self.split_baselines["train"]
 
@@ -75,8 +74,4 @@ class CopyMemory(SyntheticTask):
         yield {"inputs": inputs_BT[i], "targets": targets_BT[i]}
 
   def _format(self, example: Example, split: str) -> Example:
-    total = len(example["inputs"])
-    return {"inputs": example["inputs"].astype(np.int32),
-            "targets": example["targets"].astype(np.int32),
-            "weights": np.ones(total, np.float32),
-            "mask": np.ones(total, bool)}
+    return every_position(example["inputs"], example["targets"])

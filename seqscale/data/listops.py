@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from seqscale.data.synthetic import SyntheticTask
-from seqscale.data.task import Example, check_int, register_task, scaled_splits
+from seqscale.data.task import Example, check_int, register_task
 
 VOCAB = ("<pad>",) + tuple(str(d) for d in range(10)) + ("[MIN", "[MAX", "[MED", "[SM", "]")
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
@@ -71,8 +71,7 @@ class ListOps(SyntheticTask):
                      data_dir=data_dir, max_depth=max_depth, max_args=max_args,
                      min_fraction=float(min_fraction))
     self.max_depth, self.max_args, self.min_fraction = max_depth, max_args, float(min_fraction)
-    self.eval_splits = scaled_splits(self.train_length)
-    self.sequence_lengths = {"train": self.train_length, **self.eval_splits}
+    self._set_lengths(self.train_length)
 
   def feature_spec(self):
     return {"inputs": (np.int32, (None,)), "targets": (np.int32, ())}

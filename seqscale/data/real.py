@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from seqscale.data.synthetic import default_data_dir
-from seqscale.data.task import Example, Task, check_int, register_task, scaled_splits
+from seqscale.data.task import Example, Task, check_int, register_task
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -54,17 +54,19 @@ def prepared_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 
 
 class TfdsTask(Task):
-  """A prepared TFDS dataset; subclasses map our split names to TFDS splits."""
+  """A prepared TFDS dataset; ``tfds_splits`` maps our split names to TFDS splits."""
 
   tfds_name = ""
-  tfds_splits: dict[str, str] = {}
+  # The longer eval splits reread TFDS's test split at 2x and 4x the sequence length.
+  tfds_splits = {"train": "train", "test": "test", "test_2x": "test", "test_4x": "test"}
 
-  def __init__(self, data_dir: str | os.PathLike[str] | None):
+  def __init__(self, data_dir: str | os.PathLike[str] | None, length: int):
     super().__init__()
     self.data_dir = default_data_dir(data_dir)
     self._builder: tfds.core.DatasetBuilder | None = prepared_builder(self.tfds_name,
                                                                       self.data_dir)
     self._sources: dict[str, Sequence[Any]] = {}
+    self._set_lengths(length)
 
   def _source(self, split: str) -> Sequence[Any]:
     if self._builder is None:  # Unpickled in a worker process.
@@ -88,7 +90,6 @@ class ImdbReviews(TfdsTask):
   """IMDb sentiment at byte level (LRA Text): pooled 2-way classes, inputs [B, T] bytes."""
 
   name = tfds_name = "imdb_reviews"
-  tfds_splits = {"train": "train", "test": "test", "test_2x": "test", "test_4x": "test"}
   input_type = "tokens"
   vocab_size = 257
   output = "pooled"
@@ -96,11 +97,7 @@ class ImdbReviews(TfdsTask):
   num_classes = 2
 
   def __init__(self, *, length: int = 1000, data_dir: str | os.PathLike[str] | None = None):
-    length = check_int("length", length, minimum=1)
-    super().__init__(data_dir)
-    self.train_length = length
-    self.eval_splits = scaled_splits(length)
-    self.sequence_lengths = {"train": length, **self.eval_splits}
+    super().__init__(data_dir, check_int("length", length, minimum=1))
 
   def _format(self, example: Example, split: str) -> Example:
     ids = np.frombuffer(example["text"], np.uint8).astype(np.int32) + 1
@@ -114,7 +111,6 @@ class Lm1b(TfdsTask):
   """One Billion Word language modelling at byte level: per-position next-byte classes."""
 
   name = tfds_name = "lm1b"
-  tfds_splits = {"train": "train", "test": "test", "test_2x": "test", "test_4x": "test"}
   input_type = "tokens"
   vocab_size = 258
   output = "per_position"
@@ -123,11 +119,7 @@ class Lm1b(TfdsTask):
   requires_causal = True
 
   def __init__(self, *, length: int = 256, data_dir: str | os.PathLike[str] | None = None):
-    length = check_int("length", length, minimum=1)
-    super().__init__(data_dir)
-    self.train_length = length
-    self.eval_splits = scaled_splits(length)
-    self.sequence_lengths = {"train": length, **self.eval_splits}
+    super().__init__(data_dir, check_int("length", length, minimum=1))
 
   def _format(self, example: Example, split: str) -> Example:
     length = self.split_length(split)
@@ -144,7 +136,6 @@ class SequentialMnist(TfdsTask):
   """Sequential MNIST: inputs [B, 784, 1] pixels in [0, 1], pooled 10-way classes."""
 
   name = tfds_name = "mnist"
-  tfds_splits = {"train": "train", "test": "test", "test_2x": "test", "test_4x": "test"}
   input_type = "features"
   in_features = 1
   output = "pooled"
@@ -155,10 +146,7 @@ class SequentialMnist(TfdsTask):
     if length != 784:
       raise ValueError(f"length={length!r} is not allowed for mnist: it must be 784 "
                        "(28 x 28 pixels, one per step)")
-    super().__init__(data_dir)
-    self.train_length = 784
-    self.eval_splits = scaled_splits(784)
-    self.sequence_lengths = {"train": 784, **self.eval_splits}
+    super().__init__(data_dir, 784)
 
   def _format(self, example: Example, split: str) -> Example:
     pixels = np.asarray(example["image"], np.float32).reshape(-1) / 255.0

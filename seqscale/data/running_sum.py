@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from seqscale.data.synthetic import SyntheticTask, chunks
-from seqscale.data.task import Example, check_int, register_task, scaled_splits
+from seqscale.data.task import Example, check_int, every_position, register_task
 
 
 @register_task("running_sum")
@@ -40,8 +40,7 @@ class RunningSum(SyntheticTask):
     self.base = base
     self.vocab_size = base + 1
     self.num_classes = base
-    self.eval_splits = scaled_splits(self.train_length)
-    self.sequence_lengths = {"train": self.train_length, **self.eval_splits}
+    self._set_lengths(self.train_length)
     self.baseline = {"xent": math.log(base)}
 
   def feature_spec(self):
@@ -56,8 +55,4 @@ class RunningSum(SyntheticTask):
         yield {"inputs": inputs_BT[i], "targets": targets_BT[i]}
 
   def _format(self, example: Example, split: str) -> Example:
-    length = len(example["inputs"])
-    return {"inputs": example["inputs"].astype(np.int32),
-            "targets": example["targets"].astype(np.int32),
-            "weights": np.ones(length, np.float32),
-            "mask": np.ones(length, bool)}
+    return every_position(example["inputs"], example["targets"])

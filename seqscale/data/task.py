@@ -16,15 +16,15 @@ A subclass provides two hooks:
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import numbers
 import zlib
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 import grain
 import numpy as np
+
+from seqscale.registry import Registry
 
 Example = dict[str, np.ndarray]
 
@@ -58,6 +58,13 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
 def scaled_splits(length: int) -> dict[str, int]:
   """The standard eval splits: the training length, twice and four times it."""
   return {"test": length, "test_2x": 2 * length, "test_4x": 4 * length}
+
+
+def every_position(inputs: np.ndarray, targets: np.ndarray) -> Example:
+  """A per-position example in which every position is real and counts (weight 1)."""
+  length = len(inputs)
+  return {"inputs": np.asarray(inputs, np.int32), "targets": np.asarray(targets, np.int32),
+          "weights": np.ones(length, np.float32), "mask": np.ones(length, bool)}
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -104,6 +111,15 @@ class Task:
     state = dict(self.__dict__)
     state.update(_builder=None, _sources={})
     return state
+
+  def _set_lengths(self, length: int, to_sequence: Callable[[int], int] = lambda n: n,
+                   eval_splits: dict[str, int] | None = None) -> None:
+    """Sets ``train_length``, ``eval_splits`` (default ``scaled_splits(length)``) and
+    ``sequence_lengths`` (each split's length through ``to_sequence``)."""
+    self.train_length = length
+    self.eval_splits = scaled_splits(length) if eval_splits is None else eval_splits
+    self.sequence_lengths = {split: to_sequence(n)
+                             for split, n in {"train": length, **self.eval_splits}.items()}
 
   # -- public -----------------------------------------------------------------------------
 
@@ -195,38 +211,9 @@ class _FormatOrPad:
 
 # -- registry -----------------------------------------------------------------------------
 
-_REGISTRY: dict[str, Callable[..., Task]] = {}
-C = TypeVar("C")
-
-
-def register_task(name: str) -> Callable[[C], C]:
-  """Decorator: registers a Task subclass (or factory) under ``name``."""
-
-  def wrap(ctor: C) -> C:
-    if name in _REGISTRY and _REGISTRY[name] is not ctor:
-      raise ValueError(f"task name {name!r} is already registered to {_REGISTRY[name]}")
-    _REGISTRY[name] = ctor  # type: ignore[assignment]
-    return ctor
-
-  return wrap
-
-
-def task_names() -> list[str]:
-  """The registered task names, sorted."""
-  return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> Callable[..., Task]:
-  if ":" in name:  # A fork's task: 'package.module:Class'.
-    module_name, _, attr = name.partition(":")
-    try:
-      return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-      raise ValueError(f"task {name!r}: cannot load {attr!r} from {module_name!r} ({e})") from e
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())} "
-                     "(or a dotted path 'package.module:Class')")
-  return _REGISTRY[name]
+TASKS: Registry[Task] = Registry("task")
+register_task = TASKS.register  # decorator: registers a Task subclass (or factory)
+task_names = TASKS.names
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -236,11 +223,4 @@ def get_task(name: str, **kwargs: Any) -> Task:
     ValueError: for an unknown name, a keyword the task does not take (the message lists
       the ones it takes), or a bad value.
   """
-  ctor = _lookup(name)
-  params = inspect.signature(ctor).parameters
-  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-    unknown = sorted(set(kwargs) - set(params))
-    if unknown:
-      raise ValueError(f"task {name!r} does not take {', '.join(map(repr, unknown))}; "
-                       f"it takes: {', '.join(params)}")
-  return ctor(**kwargs)
+  return TASKS.build(name, **kwargs)

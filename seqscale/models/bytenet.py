@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
-from seqscale.models.wavenet import Conv1D, check_positive_int, check_rate
+from seqscale.models.wavenet import Conv1D, check_rate
 
 Array = jax.Array
 
@@ -64,11 +65,11 @@ class ByteNet(nnx.Module):
   def __init__(self, in_features: int, hidden_features: int, num_layers: int = 4,
                kernel_size: int = 3, dilation_cycle: int = 5, dropout_rate: float = 0.0,
                dtype=None, *, rngs: nnx.Rngs):
-    check_positive_int("in_features", in_features)
-    check_positive_int("hidden_features", hidden_features, minimum=2)  # blocks use d // 2
-    check_positive_int("num_layers", num_layers)
-    check_positive_int("kernel_size", kernel_size)
-    check_positive_int("dilation_cycle", dilation_cycle)
+    check_int("in_features", in_features)
+    check_int("hidden_features", hidden_features, 2)  # blocks use d // 2
+    check_int("num_layers", num_layers)
+    check_int("kernel_size", kernel_size)
+    check_int("dilation_cycle", dilation_cycle)
     check_rate(dropout_rate)
     self.causal = True  # over the target; the encoder sees the whole source
     self.out_features = hidden_features

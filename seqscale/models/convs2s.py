@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
-from seqscale.models.wavenet import Conv1D, check_positive_int, check_rate
+from seqscale.models.wavenet import Conv1D, check_rate
 from seqscale.ops import conv as conv_ops
 
 Array = jax.Array
@@ -71,11 +72,11 @@ class ConvS2S(nnx.Module):
   def __init__(self, in_features: int, hidden_features: int, num_layers: int = 2,
                kernel_size: int = 3, max_length: int = 1024, dropout_rate: float = 0.0,
                dtype=None, *, rngs: nnx.Rngs):
-    check_positive_int("in_features", in_features)
-    check_positive_int("hidden_features", hidden_features)
-    check_positive_int("num_layers", num_layers)
-    check_positive_int("kernel_size", kernel_size)
-    check_positive_int("max_length", max_length)
+    check_int("in_features", in_features)
+    check_int("hidden_features", hidden_features)
+    check_int("num_layers", num_layers)
+    check_int("kernel_size", kernel_size)
+    check_int("max_length", max_length)
     check_rate(dropout_rate)
     self.causal = True  # over the target; the encoder sees the whole source
     self.out_features = hidden_features

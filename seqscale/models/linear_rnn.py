@@ -25,23 +25,26 @@ from seqscale.ops import linear_recurrence as ops
 Array = jax.Array
 
 
-def _check_common(in_features: int, hidden_features: int, num_layers: int, mode: str,
-                  chunk_size: int, dropout_rate: float) -> None:
-  check_int("in_features", in_features, 1)
-  check_int("hidden_features", hidden_features, 1)
-  check_int("num_layers", num_layers, 1)
-  check_int("chunk_size", chunk_size, 1)
-  if mode not in ops.MODES:
-    raise ValueError(f"mode={mode!r}; allowed: {', '.join(map(repr, ops.MODES))}")
-  if (isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float))
-      or not 0.0 <= dropout_rate < 1.0):
-    raise ValueError(f"dropout_rate={dropout_rate!r}; must be a float in [0, 1)")
-
-
 class _Base(nnx.Module):
-  """What every linear RNN here shares: dtypes, input checks, masks."""
+  """What every linear RNN here shares: the common arguments, dtypes, input checks, masks."""
 
   interface = "sequence"
+
+  def __init__(self, in_features: int, hidden_features: int, num_layers: int, mode: str,
+               chunk_size: int, dropout_rate: float, dtype: Any):
+    check_int("in_features", in_features, 1)
+    check_int("hidden_features", hidden_features, 1)
+    check_int("num_layers", num_layers, 1)
+    check_int("chunk_size", chunk_size, 1)
+    if mode not in ops.MODES:
+      raise ValueError(f"mode={mode!r}; allowed: {', '.join(map(repr, ops.MODES))}")
+    if (isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float))
+        or not 0.0 <= dropout_rate < 1.0):
+      raise ValueError(f"dropout_rate={dropout_rate!r}; must be a float in [0, 1)")
+    self.in_features, self.hidden_features, self.num_layers = (
+        in_features, hidden_features, num_layers)
+    self.mode, self.chunk_size, self.dtype = mode, chunk_size, dtype
+    self.causal, self.out_features = True, hidden_features
 
   def _dtypes(self, x: Array) -> tuple[Any, Any]:
     dtype = self.dtype if self.dtype is not None else jnp.promote_types(x.dtype, jnp.float32)
@@ -50,9 +53,18 @@ class _Base(nnx.Module):
   def _param_dtype(self) -> Any:
     return self.dtype if self.dtype is not None else jnp.float32
 
-  def _check_input(self, x_BTI: Array) -> None:
+  def _lengths(self, x_BTI: Array, mask: Array | None) -> Array | None:
+    """Checks x_BTI; the valid lengths_B of a right-padded ``mask`` (None: no padding)."""
     if x_BTI.ndim != 3 or x_BTI.shape[-1] != self.in_features:
       raise ValueError(f"x_BTI has shape {x_BTI.shape}; expected [B, T, {self.in_features}]")
+    return None if mask is None else jnp.sum(mask, axis=-1, dtype=jnp.int32)
+
+  @staticmethod
+  def _zero_padding(y_BTD: Array, mask: Array | None) -> Array:
+    return y_BTD if mask is None else jnp.where(mask[..., None], y_BTD, 0)
+
+  def _zero_states(self, width: int, dtype: Any, batch_size: int) -> tuple[Array, ...]:
+    return tuple(jnp.zeros((batch_size, width), dtype) for _ in range(self.num_layers))
 
   def _scan(self, a_BTD: Array, b_BTD: Array, lengths_B: Array | None) -> Array:
     h_BTD, _ = ops.linear_recurrence(a_BTD, b_BTD, mode=self.mode, chunk_size=self.chunk_size,
@@ -76,18 +88,11 @@ class _MinRNN(_Base):
   def __init__(self, in_features: int, hidden_features: int, num_layers: int = 1,
                mode: str = "associative", chunk_size: int = 64, log_space: bool = False,
                dropout_rate: float = 0.0, dtype: Any = None, *, rngs: nnx.Rngs):
-    _check_common(in_features, hidden_features, num_layers, mode, chunk_size, dropout_rate)
+    super().__init__(in_features, hidden_features, num_layers, mode, chunk_size, dropout_rate,
+                     dtype)
     if not isinstance(log_space, bool):
       raise ValueError(f"log_space={log_space!r}; must be True or False")
-    self.in_features = in_features
-    self.hidden_features = hidden_features
-    self.num_layers = num_layers
-    self.mode = mode
-    self.chunk_size = chunk_size
     self.log_space = log_space
-    self.dtype = dtype
-    self.causal = True
-    self.out_features = hidden_features
     self.layers = nnx.List([
         nnx.Linear(in_features if l == 0 else hidden_features,
                    self.num_gates * hidden_features, dtype=dtype, rngs=rngs)
@@ -104,9 +109,8 @@ class _MinRNN(_Base):
     parallel scan (``ops.log_linear_recurrence``); "sequential" and "chunked" run the same
     recurrence in linear space. Outputs at padding are zero.
     """
-    self._check_input(x_BTI)
+    lengths_B = self._lengths(x_BTI, mask)
     dtype, scan_dtype = self._dtypes(x_BTI)
-    lengths_B = None if mask is None else jnp.sum(mask, axis=-1, dtype=jnp.int32)
     h_BTD = x_BTI.astype(dtype)
     for l, layer in enumerate(self.layers):
       if l > 0:
@@ -119,16 +123,14 @@ class _MinRNN(_Base):
       else:
         h_BTD = self._scan(a_BTD, b_BTD, lengths_B)
       h_BTD = h_BTD.astype(dtype)
-    if mask is not None:  # the log-space scan does not take lengths; causal, so zero after
-      h_BTD = jnp.where(mask[..., None], h_BTD, 0)
-    return h_BTD
+    # The log-space scan does not take lengths; it is causal, so zeroing afterwards is exact.
+    return self._zero_padding(h_BTD, mask)
 
   def init_state(self, batch_size: int, max_length: int) -> tuple[Array, ...]:
     """Zero states h_BD per layer (``max_length`` is unused: the state is all there is)."""
     del max_length
     scan_dtype = jnp.promote_types(self._param_dtype(), jnp.float32)
-    return tuple(jnp.zeros((batch_size, self.hidden_features), scan_dtype)
-                 for _ in range(self.num_layers))
+    return self._zero_states(self.hidden_features, scan_dtype, batch_size)
 
   def step(self, x_BI: Array, state: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
     """One time step: x_BI [B, I] -> (y_BD [B, hidden_features], next state)."""
@@ -237,7 +239,8 @@ class LRU(_Base):
                num_layers: int = 1, r_min: float = 0.0, r_max: float = 1.0,
                max_phase: float = 2 * math.pi, mode: str = "associative", chunk_size: int = 64,
                dropout_rate: float = 0.0, dtype: Any = None, *, rngs: nnx.Rngs):
-    _check_common(in_features, hidden_features, num_layers, mode, chunk_size, dropout_rate)
+    super().__init__(in_features, hidden_features, num_layers, mode, chunk_size, dropout_rate,
+                     dtype)
     if state_features is not None:
       check_int("state_features", state_features, 1)
     for name, value in (("r_min", r_min), ("r_max", r_max), ("max_phase", max_phase)):
@@ -247,15 +250,7 @@ class LRU(_Base):
       raise ValueError(f"r_min={r_min!r}, r_max={r_max!r}; need 0 <= r_min <= r_max <= 1")
     if not max_phase > 0:
       raise ValueError(f"max_phase={max_phase!r}; must be > 0")
-    self.in_features = in_features
-    self.hidden_features = hidden_features
     self.state_features = state_features or hidden_features
-    self.num_layers = num_layers
-    self.mode = mode
-    self.chunk_size = chunk_size
-    self.dtype = dtype
-    self.causal = True
-    self.out_features = hidden_features
     self.encoder = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
     self.layers = nnx.List([
         LRULayer(hidden_features, self.state_features, r_min, r_max, max_phase, dropout_rate,
@@ -269,23 +264,19 @@ class LRU(_Base):
 
     Outputs at padding are zero.
     """
-    self._check_input(x_BTI)
+    lengths_B = self._lengths(x_BTI, mask)
     dtype, cdtype = self._dtypes(x_BTI)[0], self._complex(x_BTI)
-    lengths_B = None if mask is None else jnp.sum(mask, axis=-1, dtype=jnp.int32)
     u_BTH = self.encoder(x_BTI.astype(dtype))
     for layer in self.layers:
       lam_N, bu_BTN = layer.coefficients(u_BTH, cdtype)
       u_BTH = layer.readout(self._scan(lam_N, bu_BTN, lengths_B), u_BTH)
-    if mask is not None:
-      u_BTH = jnp.where(mask[..., None], u_BTH, 0)
-    return u_BTH
+    return self._zero_padding(u_BTH, mask)
 
   def init_state(self, batch_size: int, max_length: int) -> tuple[Array, ...]:
     """Zero complex states x_BN per layer (``max_length`` is unused)."""
     del max_length
     cdtype = jnp.promote_types(self._param_dtype(), jnp.complex64)
-    return tuple(jnp.zeros((batch_size, self.state_features), cdtype)
-                 for _ in range(self.num_layers))
+    return self._zero_states(self.state_features, cdtype, batch_size)
 
   def step(self, x_BI: Array, state: tuple[Array, ...]) -> tuple[Array, tuple[Array, ...]]:
     """One time step: x_BI [B, I] -> (y_BD [B, hidden_features], next state)."""

@@ -1,4 +1,4 @@
-"""RNN encoder-decoder with attention (registered ``lstm_attention``), greedy and beam search.
+"""RNN encoder-decoder with attention (registered ``lstm_attention``).
 
 The encoder is a bidirectional LSTM (``seqscale.models.recurrent.LSTM``); its final states,
 through a learned bridge, start an LSTM decoder. ``attention`` picks how the decoder reads
@@ -22,14 +22,16 @@ on h_{t-1}, so unlike the encoder's input projection nothing here is parallel ov
 Dropout (``dropout_rate``) acts between encoder layers, on the decoder inputs and on the
 decoder outputs, i.e. outside the scan.
 
+Greedy and beam-search decoding through ``step``: ``seqscale.models.decoding``.
+
 Shapes: B batch, S source length, T target length, I input features, D width, M = 2D
-memory width, A attention width, V vocabulary, K beam size (``K`` in names below).
+memory width, A attention width.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +92,7 @@ class LSTMAttention(nnx.Module):
 
   ``model(src_BSI, tgt_BTI, src_mask=...) -> y_BTD`` (teacher forcing: ``tgt`` is the
   shifted target); ``init_state(B, src_BSI=..., src_mask=...)`` then ``step(tgt_BI, state)``
-  decodes one step at a time (see ``decode_greedy`` / ``decode_beam``).
+  decodes one step at a time (see ``seqscale.models.decoding``).
   """
 
   interface = "seq2seq"
@@ -211,118 +213,3 @@ class LSTMAttention(nnx.Module):
                                      state["memory"], state["carry"],
                                      self.dropout(tgt_BI.astype(dtype)))
     return self.dropout(y_BD), dict(state, carry=carry)
-
-
-# ---------------------------------------------------------------------------------------
-# Decoding: any seq2seq model with init_state(B, src_BSI=, src_mask=) and step(x_BI, state).
-
-
-def _check_decode(max_length: int, bos_id: int, eos_id: int) -> None:
-  check_int("max_length", max_length, 1)
-  check_int("bos_id", bos_id, 0)
-  check_int("eos_id", eos_id, 0)
-
-
-def _functional_step(model: nnx.Module) -> tuple[Callable[..., Any], nnx.State]:
-  """``step(weights, x_BI, state) -> (y_BD, state, weights)`` and the model's weights.
-
-  The model goes through ``lax.scan`` as state (split / merge), so a model that updates its
-  variables when it steps (an RNG counter, a recorded loss) still works.
-  """
-  graphdef, weights = nnx.split(model)
-
-  def step(weights, x_BI, state):
-    m = nnx.merge(graphdef, weights)
-    y_BD, state = m.step(x_BI, state)
-    return y_BD, state, nnx.state(m)
-
-  return step, weights
-
-
-def decode_greedy(model: nnx.Module, src_BSI: Array, embed_fn: Callable[[Array], Array],
-                  logits_fn: Callable[[Array], Array], *, max_length: int, bos_id: int,
-                  eos_id: int, src_mask: Array | None = None, pad_id: int = 0
-                  ) -> tuple[Array, Array]:
-  """Greedy decoding: the most likely next token at every step.
-
-  Args:
-    model: a seq2seq model that steps (call ``model.eval()`` first if it has dropout).
-    src_BSI: the source, already embedded.
-    embed_fn: target token ids [B] -> decoder inputs [B, I].
-    logits_fn: decoder outputs [B, D] -> logits [B, V].
-    max_length: number of tokens generated.
-    bos_id, eos_id: first input token; the token that ends a sequence.
-    src_mask: bool [B, S], True at valid source positions.
-    pad_id: written after a sequence's EOS.
-
-  Returns:
-    (tokens [B, max_length] int32 with EOS included and pad after it, sum of the chosen
-    tokens' log-probabilities [B]).
-  """
-  _check_decode(max_length, bos_id, eos_id)
-  B = src_BSI.shape[0]
-  state = model.init_state(B, max_length, src_BSI=src_BSI, src_mask=src_mask)
-  step, weights = _functional_step(model)
-
-  def body(carry, _):
-    (state, weights), last_B, score_B, done_B = carry
-    y_BD, state, weights = step(weights, embed_fn(last_B), state)
-    logp_BV = jax.nn.log_softmax(logits_fn(y_BD).astype(jnp.float32), axis=-1)
-    tok_B = jnp.argmax(logp_BV, axis=-1).astype(jnp.int32)
-    score_B = score_B + jnp.where(done_B, 0.0, jnp.take_along_axis(
-        logp_BV, tok_B[:, None], axis=-1)[:, 0])
-    tok_B = jnp.where(done_B, pad_id, tok_B)
-    return ((state, weights), tok_B, score_B, done_B | (tok_B == eos_id)), tok_B
-
-  init = ((state, weights), jnp.full((B,), bos_id, jnp.int32), jnp.zeros((B,), jnp.float32),
-          jnp.zeros((B,), bool))
-  (_, _, score_B, _), tokens_TB = jax.lax.scan(body, init, None, length=max_length)
-  return tokens_TB.T, score_B
-
-
-def decode_beam(model: nnx.Module, src_BSI: Array, embed_fn: Callable[[Array], Array],
-                logits_fn: Callable[[Array], Array], *, beam_size: int, max_length: int,
-                bos_id: int, eos_id: int, src_mask: Array | None = None, pad_id: int = 0,
-                length_penalty: float = 0.0) -> tuple[Array, Array]:
-  """Beam search: keeps the ``beam_size`` most likely prefixes at every step.
-
-  A finished hypothesis (it produced EOS) stays in the beam with its score and extends
-  only by ``pad_id`` at no cost. The returned hypothesis maximises
-  ``score / ((5 + length) / 6) ** length_penalty`` (Wu et al. 2016; 0 = raw log-probability).
-  Arguments and returns as ``decode_greedy``; ``beam_size=1`` is greedy decoding.
-  """
-  _check_decode(max_length, bos_id, eos_id)
-  check_int("beam_size", beam_size, 1)
-  B, K = src_BSI.shape[0], beam_size
-  tile = lambda a: None if a is None else jnp.repeat(a, K, axis=0)  # [B*K, ...], b-major
-  state = model.init_state(B * K, max_length, src_BSI=tile(src_BSI), src_mask=tile(src_mask))
-  step, weights = _functional_step(model)
-
-  def body(carry, t):
-    (state, weights), tokens_BKT, score_BK, done_BK = carry
-    last_BK = jnp.where(t == 0, bos_id, tokens_BKT[:, :, jnp.maximum(t - 1, 0)])
-    y, state, weights = step(weights, embed_fn(last_BK.reshape(B * K)), state)
-    logp_BKV = jax.nn.log_softmax(logits_fn(y).astype(jnp.float32), -1).reshape(B, K, -1)
-    V = logp_BKV.shape[-1]
-    only_pad_V = jnp.full((V,), -jnp.inf).at[pad_id].set(0.0)
-    logp_BKV = jnp.where(done_BK[..., None], only_pad_V, logp_BKV)
-    cand_BX = (score_BK[..., None] + logp_BKV).reshape(B, K * V)
-    score_BK, idx_BK = jax.lax.top_k(cand_BX, K)
-    parent_BK, tok_BK = idx_BK // V, (idx_BK % V).astype(jnp.int32)
-    take = lambda a: jnp.take_along_axis(a, parent_BK.reshape(B, K, *([1] * (a.ndim - 2))),
-                                         axis=1)
-    tokens_BKT = take(tokens_BKT).at[:, :, t].set(tok_BK)
-    done_BK = take(done_BK) | (tok_BK == eos_id)
-    rows = (jnp.arange(B)[:, None] * K + parent_BK).reshape(B * K)
-    state = jax.tree.map(lambda a: a[rows] if a.ndim and a.shape[0] == B * K else a, state)
-    return ((state, weights), tokens_BKT, score_BK, done_BK), None
-
-  # Only beam 0 is live at the start, so the first step does not pick K copies of one token.
-  score_BK = jnp.full((B, K), -jnp.inf).at[:, 0].set(0.0)
-  init = ((state, weights), jnp.full((B, K, max_length), pad_id, jnp.int32), score_BK,
-          jnp.zeros((B, K), bool))
-  (_, tokens_BKT, score_BK, _), _ = jax.lax.scan(body, init, jnp.arange(max_length))
-  length_BK = jnp.sum(tokens_BKT != pad_id, axis=-1).astype(jnp.float32)
-  ranked_BK = score_BK / ((5.0 + length_BK) / 6.0) ** length_penalty
-  best_B = jnp.argmax(ranked_BK, axis=-1)
-  return tokens_BKT[jnp.arange(B), best_B], score_BK[jnp.arange(B), best_B]

@@ -5,15 +5,16 @@ Each story sentence is written to one memory slot twice, as an input memory
 question ``u = sum_j l_j * B q_j`` reads the memory in K hops::
 
   p = softmax(u . m_i),  o = sum_i p_i c_i,  u <- u + o       (each hop k = 1..K)
-  answer logits = W (u + o) over the vocabulary (the last hop's u + o)
+  answer logits = W u^{K+1} = W (u^K + o^K) over the vocabulary
 
 ``l`` is the position encoding (PE), ``T_A, T_C`` the temporal encoding (rows counted from
 the question backwards). Weight tying:
 
 - ``adjacent``: ``A^{k+1} = C^k``, ``B = A^1``, ``W^T = C^K`` (and ``T_A^{k+1} = T_C^k``):
   K + 1 embedding matrices in all;
-- ``layerwise``: one A and one C shared by all hops, a separate B, ``u <- H u + o`` and a
-  separate output matrix W.
+- ``layerwise``: one A and one C shared by all hops, a separate B, ``u <- H u + o`` at
+  every hop, the last included (the answer reads ``W u^{K+1} = W (H u^K + o^K)``), and a
+  separate output matrix W. ``H`` is stored for row vectors: the code computes ``u @ H``.
 
 Interface ``"qa"``: ``model(story_BMJ, query_BJ) -> logits_BV`` with int token ids (0 is
 padding; sentences left-aligned in the M slots, words left-aligned in the J positions).
@@ -116,9 +117,10 @@ class MemN2N(nnx.Module):
         m_BMD, c_BMD = c_BMD, self._memory(story_BMJ, mask_BMJ, k, t_BM)
       o_BD, p_BM = memory_ops.memory_read(u_BD, m_BMD, c_BMD, slots_BM)
       attention.append(p_BM)
-      if k < self.num_hops:
-        u_BD = (u_BD @ self.H[...].astype(dtype) if self.tying == "layerwise" else u_BD) + o_BD
-    a_BD = u_BD + o_BD  # the answer layer reads u^K + o^K
+      # u^{k+1}; after the last hop it is what the answer layer reads (with layer-wise tying
+      # the paper applies H there too: W u^{K+1} = W (H u^K + o^K)).
+      u_BD = (u_BD @ self.H[...].astype(dtype) if self.tying == "layerwise" else u_BD) + o_BD
+    a_BD = u_BD
     if self.tying == "adjacent":
       logits_BV = a_BD @ self.embed[...][self.num_hops].astype(dtype).T
     else:

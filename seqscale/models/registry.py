@@ -2,85 +2,35 @@
 
 Family modules register their classes with ``@register("name")``. A research fork adds a
 model without editing core files, either by calling ``register`` from its own module or by
-passing ``"my_fork.models:MyModel"`` wherever a model name is accepted.
+passing ``"my_fork.models:MyModel"`` wherever a model name is accepted. The lookup, the
+dotted paths and the errors are ``seqscale.registry``'s, shared with the task registry.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-_REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
+from seqscale.registry import Registry
 
-T = TypeVar("T")
+MODELS: Registry[nnx.Module] = Registry("model", implicit=("rngs",))
 
-
-def register(name: str) -> Callable[[T], T]:
-  """Class decorator: registers a model constructor under ``name``."""
-
-  def wrap(cls: T) -> T:
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-      raise ValueError(f"model name {name!r} is already registered to {_REGISTRY[name]}")
-    _REGISTRY[name] = cls  # type: ignore[assignment]
-    return cls
-
-  return wrap
-
-
-def names() -> list[str]:
-  """The registered model names, sorted."""
-  return sorted(_REGISTRY)
-
-
-def lookup(name: str) -> Callable[..., nnx.Module]:
-  """Returns the constructor for a registered name or a ``package.module:Class`` path."""
-  if ":" in name:
-    module_name, _, attr = name.partition(":")
-    try:
-      module = importlib.import_module(module_name)
-    except ImportError as e:
-      raise ValueError(
-          f"model {name!r}: cannot import module {module_name!r} ({e}); a dotted path "
-          "must look like 'package.module:Class'") from e
-    try:
-      return getattr(module, attr)
-    except AttributeError:
-      raise ValueError(f"model {name!r}: module {module_name!r} has no attribute {attr!r}") from None
-  try:
-    return _REGISTRY[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown model {name!r}; known models: {', '.join(names())} "
-        "(or a dotted path 'package.module:Class')") from None
+register = MODELS.register
+names = MODELS.names
+lookup = MODELS.lookup
 
 
 def create(name: str, *, rngs: nnx.Rngs, **hparams: Any) -> nnx.Module:
-  """Builds a model by name, e.g. ``create('lstm', in_features=8, hidden_features=16, rngs=...)``.
+  """Builds a model by name: ``create('lstm', in_features=8, hidden_features=16, rngs=r)``.
 
   Raises:
     ValueError: for an unknown name, or a keyword the model does not take (the message
       lists the keywords it does take).
   """
-  ctor = lookup(name)
-  try:
-    # nnx.Module's metaclass hides a class's own signature behind (*args, **kwargs).
-    sig = inspect.signature(ctor.__init__ if inspect.isclass(ctor) else ctor)
-  except (TypeError, ValueError):
-    sig = None
-  if sig is not None and not any(
-      p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-    allowed = [p for p in sig.parameters if p not in ("self", "rngs")]
-    unknown = sorted(set(hparams) - set(allowed))
-    if unknown:
-      raise ValueError(
-          f"model {name!r} does not take {', '.join(map(repr, unknown))}; "
-          f"it takes: {', '.join(allowed)}")
-  return ctor(**hparams, rngs=rngs)
+  return MODELS.build(name, rngs=rngs, **hparams)
 
 
 class AuxLoss(nnx.Variable):

@@ -14,11 +14,11 @@ of embeddings and positions) and, as in PyTorch and tensor2tensor, on the attent
 all at `dropout_rate`. `norm='post'` is the paper's LayerNorm(x + Sublayer(x)); `norm='pre'`
 is x + Sublayer(LayerNorm(x)) with a final LayerNorm after the stack.
 
-`attention_impl` picks how attention is computed (the same function):
-"auto" (default: `ops.blockwise_attention`, memory linear in T, masked blocks skipped; the
-reference whenever dropout on the weights is active, or for a one-query decoding step),
-"blockwise", "reference" (`ops.attention`, the readable einsum version), "xla" or "cudnn"
-(`jax.nn.dot_product_attention`).
+`attention_impl` picks how attention is computed (the same function), as the `impl` of
+`ops.attention.attention`: "auto" (default: `ops.blockwise_attention`, memory linear in T,
+masked blocks skipped; the reference whenever dropout on the weights is active, or for a
+one-query decoding step), "blockwise", "reference" (the readable einsum version), "xla" or
+"cudnn" (`jax.nn.dot_product_attention`).
 
 Shapes: B batch, T target/query length, S source length, I input features, D width,
 H heads, K head dim, F feed-forward width, V vocabulary.
@@ -34,9 +34,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from seqscale.checks import check_int
+from seqscale.models import attention
+from seqscale.models.attention import MultiHeadAttention
 from seqscale.models.registry import register
 from seqscale.ops import attention as attn_ops
-from seqscale.ops import blockwise_attention
 
 Array = jax.Array
 
@@ -49,9 +50,11 @@ _LN_EPSILON = 1e-6
 # Argument checks
 
 
-def _check_common(*, hidden_features, num_layers, num_heads, ff_features, positions,
-                  max_length, norm, local_window, dropout_rate) -> int:
-  """Validates the keywords shared by the family; returns ff_features (default 4*D)."""
+def _stack_kwargs(*, hidden_features, num_layers, num_heads, ff_features, positions,
+                  max_length, norm, local_window, dropout_rate, dtype,
+                  attention_impl) -> dict[str, Any]:
+  """Validates the keywords shared by the family; returns `_Stack`'s (ff_features default
+  4*D)."""
   check_int("hidden_features", hidden_features, 1)
   check_int("num_layers", num_layers, 1)
   check_int("num_heads", num_heads, 1)
@@ -69,104 +72,15 @@ def _check_common(*, hidden_features, num_layers, num_heads, ff_features, positi
     check_int("local_window", local_window, 0)
   if not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f"dropout_rate={dropout_rate!r}: must be a float in [0, 1)")
-  return ff_features
-
-
-def _check_impl(attention_impl: Any) -> None:
-  if attention_impl not in blockwise_attention.IMPLS:
-    raise ValueError(f"attention_impl={attention_impl!r}: must be one of "
-                     f"{blockwise_attention.IMPLS}")
-
-
-# ---------------------------------------------------------------------------------------
-# Attention
-
-
-class _Dense(nnx.Module):
-  """A kernel and a bias, in `nnx.LinearGeneral`'s layout (so Flax weights copy across)."""
-
-  def __init__(self, kernel_shape: tuple[int, ...], bias_shape: tuple[int, ...],
-               fan_in: int, *, rngs: nnx.Rngs):
-    fan_out = math.prod(kernel_shape) // fan_in
-    init = nnx.initializers.lecun_normal()
-    self.kernel = nnx.Param(init(rngs.params(), (fan_in, fan_out)).reshape(kernel_shape))
-    self.bias = nnx.Param(jnp.zeros(bias_shape, jnp.float32))
-
-
-class MultiHeadAttention(nnx.Module):
-  """Multi-head attention owning its projections; the math is `ops.dot_product_attention`.
-
-  Parameters mirror `flax.nnx.MultiHeadAttention`: `query`, `key`, `value` kernels [D, H, K]
-  with biases [H, K], `out` kernel [H, K, D_out] with bias [D_out]; copy them with
-  `nnx.update(ours, nnx.state(flax_mha, nnx.Param))`.
-  """
-
-  def __init__(self, in_features: int, num_heads: int, *, qkv_features: int | None = None,
-               out_features: int | None = None, in_kv_features: int | None = None,
-               dropout_rate: float = 0.0, dtype: Any = None, impl: str = "auto",
-               rngs: nnx.Rngs):
-    _check_impl(impl)
-    qkv_features = in_features if qkv_features is None else qkv_features
-    out_features = in_features if out_features is None else out_features
-    in_kv_features = in_features if in_kv_features is None else in_kv_features
-    if qkv_features % num_heads:
-      raise ValueError(
-          f"qkv_features={qkv_features!r}: must be divisible by num_heads={num_heads!r}")
-    H, K = num_heads, qkv_features // num_heads
-    self.num_heads, self.head_dim, self.dtype, self.impl = H, K, dtype, impl
-    self.query = _Dense((in_features, H, K), (H, K), in_features, rngs=rngs)
-    self.key = _Dense((in_kv_features, H, K), (H, K), in_kv_features, rngs=rngs)
-    self.value = _Dense((in_kv_features, H, K), (H, K), in_kv_features, rngs=rngs)
-    self.out = _Dense((H, K, out_features), (out_features,), H * K, rngs=rngs)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if dropout_rate > 0 else None
-
-  def _proj(self, dense: _Dense, x_BTD: Array) -> Array:
-    kernel, bias = dense.kernel[...], dense.bias[...]
-    if self.dtype is not None:
-      x_BTD, kernel, bias = (a.astype(self.dtype) for a in (x_BTD, kernel, bias))
-    return attn_ops.project_heads(x_BTD, kernel, bias)
-
-  def project_q(self, x_BTD: Array) -> Array:
-    """Queries q_BTHK."""
-    return self._proj(self.query, x_BTD)
-
-  def project_kv(self, x_BSD: Array) -> tuple[Array, Array]:
-    """Keys and values k_BSHK, v_BSHK."""
-    return self._proj(self.key, x_BSD), self._proj(self.value, x_BSD)
-
-  def attend(self, q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, **mask_kwargs) -> Array:
-    """Attention over given keys/values then the output projection -> y_BTD.
-
-    `mask_kwargs` are those of `ops.attention.dot_product_attention` (causal,
-    key_padding_mask_BS, local_window, mask, query_offset); `self.impl` computes it.
-    """
-    active = self.dropout is not None and not self.dropout.deterministic
-    o_BTHK = blockwise_attention.attention(
-        q_BTHK, k_BSHK, v_BSHK, impl=self.impl, dropout_fn=self.dropout if active else None,
-        **mask_kwargs)
-    kernel, bias = self.out.kernel[...], self.out.bias[...]
-    if self.dtype is not None:
-      kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
-    return attn_ops.merge_heads(o_BTHK, kernel, bias)
-
-  def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
-               mask: Array | None = None, causal: bool = False,
-               key_padding_mask_BS: Array | None = None, local_window: int | None = None,
-               query_offset: int | Array = 0) -> Array:
-    """Self-attention (inputs_q [B, T, D]) or cross-attention (inputs_kv [B, S, D_kv]).
-
-    `mask` is bool broadcastable to [B, H, T, S], True where attention is allowed.
-    """
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
-    k_BSHK, v_BSHK = self.project_kv(inputs_kv)
-    return self.attend(
-        self.project_q(inputs_q), k_BSHK, v_BSHK, mask=mask, causal=causal,
-        key_padding_mask_BS=key_padding_mask_BS, local_window=local_window,
-        query_offset=query_offset)
+  attention.check_impl(attention_impl)
+  return dict(num_layers=num_layers, num_heads=num_heads, ff_features=ff_features,
+              positions=positions, max_length=max_length, norm=norm,
+              local_window=local_window, dropout_rate=dropout_rate, dtype=dtype,
+              attention_impl=attention_impl)
 
 
 # ---------------------------------------------------------------------------------------
-# Layers and stacks
+# Layers and stacks (attention itself: models/attention.py)
 
 
 class _FeedForward(nnx.Module):
@@ -222,6 +136,11 @@ class _Layer(nnx.Module):
     x_BTD = self._post(x_BTD, y, self.self_attn_norm)
     memory_kv = None if self.cross_attn is None else self.cross_attn.project_kv(memory_BSD)
     return self._cross_and_ff(x_BTD, memory_kv, memory_mask_BS)
+
+  def self_attention_weights(self, x_BTD: Array, *, mask_BT: Array | None = None) -> Array:
+    """The weights_BHTS of this layer's self-attention for its input x_BTD."""
+    return self.self_attn.weights(self._pre(x_BTD, self.self_attn_norm), causal=self.causal,
+                                  key_padding_mask_BS=mask_BT, local_window=self.local_window)
 
   def step(self, x_BD: Array, cache: dict[str, Array], index: Array,
            memory_mask_BS: Array | None = None) -> tuple[Array, dict[str, Array]]:
@@ -281,6 +200,15 @@ class _Stack(nnx.Module):
       h_BTD = layer(h_BTD, mask_BT=mask_BT, memory_BSD=memory_BSD,
                     memory_mask_BS=memory_mask_BS)
     return self._finish(h_BTD)
+
+  def attention_weights(self, h_BTD: Array, *, mask_BT: Array | None = None) -> list[Array]:
+    """Each layer's self-attention weights_BHTS, running the stack on embedded h_BTD."""
+    h_BTD = self._add_positions(h_BTD, 0)
+    weights = []
+    for layer in self.layers:
+      weights.append(layer.self_attention_weights(h_BTD, mask_BT=mask_BT))
+      h_BTD = layer(h_BTD, mask_BT=mask_BT)
+    return weights
 
   def require_causal(self) -> None:
     if not self.causal:
@@ -346,22 +274,26 @@ class Transformer(nnx.Module):
                local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
                attention_impl: str = "auto", *, rngs: nnx.Rngs):
     check_int("in_features", in_features, 1)
-    _check_impl(attention_impl)
-    ff_features = _check_common(
+    kw = _stack_kwargs(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
         ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
-        local_window=local_window, dropout_rate=dropout_rate)
-    kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
-              max_length=max_length, norm=norm, local_window=local_window,
-              dropout_rate=dropout_rate, dtype=dtype, attention_impl=attention_impl)
+        local_window=local_window, dropout_rate=dropout_rate, dtype=dtype,
+        attention_impl=attention_impl)
     self.causal, self.out_features = bool(causal), hidden_features
     self.embed = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
-    self.stack = _Stack(hidden_features, ff_features=ff_features, causal=self.causal,
-                        cross_attention=False, rngs=rngs, **kw)
+    self.stack = _Stack(hidden_features, causal=self.causal, cross_attention=False, rngs=rngs,
+                        **kw)
 
   def __call__(self, x_BTI: Array, *, mask: Array | None = None) -> Array:
     """x_BTI, mask bool [B, T] (True = valid) -> y_BTD."""
     return self.stack(self.embed(x_BTI), mask_BT=mask)
+
+  def attention_weights(self, x_BTI: Array, *, mask: Array | None = None) -> list[Array]:
+    """Self-attention weights_BHTS (float32) of every layer, without dropout on them.
+
+    Rows sum to 1 over allowed keys and are 0 at masked ones (causal, window, padding).
+    """
+    return self.stack.attention_weights(self.embed(x_BTI), mask_BT=mask)
 
   def init_state(self, batch_size: int, max_length: int | None = None) -> dict[str, Any]:
     """KV caches [B, max_length, H, K] per layer and a position index (causal only)."""
@@ -389,24 +321,19 @@ class TransformerSeq2Seq(nnx.Module):
                local_window: int | None = None, dropout_rate: float = 0.0, dtype: Any = None,
                tgt_in_features: int | None = None, attention_impl: str = "auto", *,
                rngs: nnx.Rngs):
-    _check_impl(attention_impl)
     tgt_in_features = in_features if tgt_in_features is None else tgt_in_features
     check_int("in_features", in_features, 1)
     check_int("tgt_in_features", tgt_in_features, 1)
-    ff_features = _check_common(
+    kw = _stack_kwargs(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
         ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
-        local_window=local_window, dropout_rate=dropout_rate)
-    kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
-              max_length=max_length, norm=norm, local_window=local_window,
-              dropout_rate=dropout_rate, dtype=dtype, attention_impl=attention_impl)
+        local_window=local_window, dropout_rate=dropout_rate, dtype=dtype,
+        attention_impl=attention_impl)
     self.causal, self.out_features = True, hidden_features
     self.src_embed = nnx.Linear(in_features, hidden_features, dtype=dtype, rngs=rngs)
-    self.encoder = _Stack(hidden_features, ff_features=ff_features, causal=False,
-                          cross_attention=False, rngs=rngs, **kw)
+    self.encoder = _Stack(hidden_features, causal=False, cross_attention=False, rngs=rngs, **kw)
     self.tgt_embed = nnx.Linear(tgt_in_features, hidden_features, dtype=dtype, rngs=rngs)
-    self.decoder = _Stack(hidden_features, ff_features=ff_features, causal=True,
-                          cross_attention=True, rngs=rngs, **kw)
+    self.decoder = _Stack(hidden_features, causal=True, cross_attention=True, rngs=rngs, **kw)
 
   def encode(self, src_BSI: Array, *, src_mask: Array | None = None) -> Array:
     """Encoder output memory_BSD."""
@@ -447,18 +374,14 @@ class TransformerLM(nnx.Module):
                tie_embeddings: bool = True, dtype: Any = None, attention_impl: str = "auto",
                *, rngs: nnx.Rngs):
     check_int("vocab_size", vocab_size, 1)
-    _check_impl(attention_impl)
-    ff_features = _check_common(
+    kw = _stack_kwargs(
         hidden_features=hidden_features, num_layers=num_layers, num_heads=num_heads,
         ff_features=ff_features, positions=positions, max_length=max_length, norm=norm,
-        local_window=local_window, dropout_rate=dropout_rate)
-    kw = dict(num_layers=num_layers, num_heads=num_heads, positions=positions,
-              max_length=max_length, norm=norm, local_window=local_window,
-              dropout_rate=dropout_rate, dtype=dtype, attention_impl=attention_impl)
+        local_window=local_window, dropout_rate=dropout_rate, dtype=dtype,
+        attention_impl=attention_impl)
     self.causal, self.out_features = True, vocab_size
     self.embed = nnx.Embed(vocab_size, hidden_features, dtype=dtype, rngs=rngs)
-    self.stack = _Stack(hidden_features, ff_features=ff_features, causal=True,
-                        cross_attention=False, rngs=rngs, **kw)
+    self.stack = _Stack(hidden_features, causal=True, cross_attention=False, rngs=rngs, **kw)
     self.head = (None if tie_embeddings else
                  nnx.Linear(hidden_features, vocab_size, dtype=dtype, rngs=rngs))
 
@@ -471,6 +394,10 @@ class TransformerLM(nnx.Module):
   def __call__(self, tokens_BT: Array) -> Array:
     """tokens_BT (int) -> logits_BTV."""
     return self._logits(self.stack(self._embed(tokens_BT)))
+
+  def attention_weights(self, tokens_BT: Array) -> list[Array]:
+    """Causal self-attention weights_BHTS (float32) of every layer for tokens_BT."""
+    return self.stack.attention_weights(self._embed(tokens_BT))
 
   def init_state(self, batch_size: int, max_length: int | None = None) -> dict[str, Any]:
     """KV caches [B, max_length, H, K] per layer and a position index."""

@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from seqscale.checks import check_int
 from seqscale.models.registry import register
 from seqscale.ops import conv as conv_ops
 
 Array = jax.Array
 
 
-def check_positive_int(name: str, value, minimum: int = 1) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def check_rate(value) -> None:
   if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-    raise ValueError(f"dropout_rate must be a float in [0, 1), got {value!r}")
+    raise ValueError(f"dropout_rate={value!r}; must be a float in [0, 1)")
 
 
 class Conv1D(nnx.Module):
@@ -102,15 +97,15 @@ class WaveNet(nnx.Module):
                kernel_size: int = 2, dilation_cycle: int = 10,
                residual_features: int | None = None, skip_features: int | None = None,
                dropout_rate: float = 0.0, dtype=None, *, rngs: nnx.Rngs):
-    check_positive_int("in_features", in_features)
-    check_positive_int("hidden_features", hidden_features)
-    check_positive_int("num_layers", num_layers)
-    check_positive_int("kernel_size", kernel_size)
-    check_positive_int("dilation_cycle", dilation_cycle)
+    check_int("in_features", in_features)
+    check_int("hidden_features", hidden_features)
+    check_int("num_layers", num_layers)
+    check_int("kernel_size", kernel_size)
+    check_int("dilation_cycle", dilation_cycle)
     residual_features = hidden_features if residual_features is None else residual_features
     skip_features = hidden_features if skip_features is None else skip_features
-    check_positive_int("residual_features", residual_features)
-    check_positive_int("skip_features", skip_features)
+    check_int("residual_features", residual_features)
+    check_int("skip_features", skip_features)
     check_rate(dropout_rate)
     self.causal = True
     self.out_features = hidden_features
@@ -146,8 +141,8 @@ class WaveNet(nnx.Module):
 
     ``max_length`` is unused: a convolution's cache has a fixed size.
     """
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("max_length", max_length)
+    check_int("batch_size", batch_size)
+    check_int("max_length", max_length)
     return {"buffers": tuple(layer.conv.init_buffer(batch_size) for layer in self.layers)}
 
   def step(self, x_BI: Array, state: dict) -> tuple[Array, dict]:

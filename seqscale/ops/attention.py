@@ -1,7 +1,7 @@
 """Scaled dot-product attention, its masks, head projections and sinusoidal positions.
 
-Pure JAX functions of arrays (no Flax). Shapes follow the DESIGN.md legend: B batch, T query
-length, S key length, D width, H heads, K head dim.
+Pure JAX functions of arrays (no Flax). Shapes follow the docs/DESIGN.md legend: B batch,
+T query length, S key length, D width, H heads, K head dim.
 
 Attention connects every pair of positions in one parallel step (Vaswani et al. 2017):
 
@@ -27,6 +27,8 @@ Array = jax.Array
 # A large finite negative rather than -inf: `x - max(x)` stays finite even in a fully
 # masked row, so neither the softmax nor its gradient can produce NaN.
 MASKED_SCORE = -0.7 * float(np.finfo(np.float32).max)
+# The implementations `attention` dispatches between (the same function each time).
+IMPLS = ("auto", "blockwise", "reference", "xla", "cudnn")
 
 
 def make_attention_mask(
@@ -77,6 +79,47 @@ def make_attention_mask(
   return allowed
 
 
+def attention_weights(
+    q_BTHK: Array,
+    k_BSHK: Array,
+    *,
+    causal: bool = False,
+    key_padding_mask_BS: Array | None = None,
+    local_window: int | None = None,
+    mask: Array | None = None,
+    query_offset: int | Array = 0,
+    scale: float | None = None,
+) -> Array:
+  """The softmax attention weights, softmax over S of q.k * scale, with masked keys at 0.
+
+  Args:
+    q_BTHK: queries.
+    k_BSHK: keys.
+    causal, key_padding_mask_BS, local_window, mask, query_offset: see
+      `make_attention_mask`.
+    scale: multiplies the scores; default 1/sqrt(K).
+
+  Returns:
+    float32 weights_BHTS; each row sums to 1 over its allowed keys, and a row with every
+    key masked is all zeros.
+  """
+  T, S, K = q_BTHK.shape[1], k_BSHK.shape[1], q_BTHK.shape[-1]
+  scale = 1.0 / np.sqrt(K) if scale is None else scale
+  # Scores and softmax in float32: low-precision inputs would lose the small weights.
+  scores_BHTS = jnp.einsum(
+      'BTHK,BSHK->BHTS', q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
+  scores_BHTS = scores_BHTS.astype(jnp.float32) * scale
+  if not (causal or key_padding_mask_BS is not None or local_window is not None
+          or mask is not None):
+    return jax.nn.softmax(scores_BHTS, axis=-1)
+  allowed = make_attention_mask(
+      T, S, causal=causal, key_padding_mask_BS=key_padding_mask_BS,
+      local_window=local_window, query_offset=query_offset, mask=mask)
+  weights_BHTS = jax.nn.softmax(jnp.where(allowed, scores_BHTS, MASKED_SCORE), axis=-1)
+  # A fully masked row would otherwise be uniform over masked keys; make it zero.
+  return jnp.where(allowed, weights_BHTS, 0.0)
+
+
 def dot_product_attention(
     q_BTHK: Array,
     k_BSHK: Array,
@@ -90,7 +133,7 @@ def dot_product_attention(
     scale: float | None = None,
     dropout_fn: Callable[[Array], Array] | None = None,
 ) -> Array:
-  """Multi-head scaled dot-product attention.
+  """Multi-head scaled dot-product attention: the readable reference.
 
   Args:
     q_BTHK: queries.
@@ -104,28 +147,85 @@ def dot_product_attention(
   Returns:
     out_BTHK in the dtype of `q_BTHK`. Rows with every key masked are zeros.
   """
-  T, S, K = q_BTHK.shape[1], k_BSHK.shape[1], q_BTHK.shape[-1]
-  scale = 1.0 / np.sqrt(K) if scale is None else scale
-  # Scores and softmax in float32: low-precision inputs would lose the small weights.
-  scores_BHTS = jnp.einsum(
-      'BTHK,BSHK->BHTS', q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
-  scores_BHTS = scores_BHTS.astype(jnp.float32) * scale
-  masked = (causal or key_padding_mask_BS is not None or local_window is not None
-            or mask is not None)
-  if masked:
-    allowed = make_attention_mask(
-        T, S, causal=causal, key_padding_mask_BS=key_padding_mask_BS,
-        local_window=local_window, query_offset=query_offset, mask=mask)
-    scores_BHTS = jnp.where(allowed, scores_BHTS, MASKED_SCORE)
-  weights_BHTS = jax.nn.softmax(scores_BHTS, axis=-1)
-  if masked:
-    # A fully masked row would otherwise be uniform over masked keys; make it zero.
-    weights_BHTS = jnp.where(allowed, weights_BHTS, 0.0)
+  weights_BHTS = attention_weights(
+      q_BTHK, k_BSHK, causal=causal, key_padding_mask_BS=key_padding_mask_BS,
+      local_window=local_window, mask=mask, query_offset=query_offset, scale=scale)
   weights_BHTS = weights_BHTS.astype(v_BSHK.dtype)
   if dropout_fn is not None:
     weights_BHTS = dropout_fn(weights_BHTS)
   out_BTHK = jnp.einsum('BHTS,BSHK->BTHK', weights_BHTS, v_BSHK)
   return out_BTHK.astype(q_BTHK.dtype)
+
+
+def choose_impl(impl: str, *, num_queries: int, mask: Array | None = None,
+                dropout_fn: Callable[[Array], Array] | None = None) -> str:
+  """The implementation `attention` runs for `impl`: "auto" resolved, others checked.
+
+  "auto" is blockwise unless an arbitrary `mask` or a `dropout_fn` on the weights asks for
+  the whole [T, S] matrix, or one query attends (a decoding step, whose single row is
+  already small): then the reference.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r}: allowed: {', '.join(IMPLS)}")
+  if impl == "auto":
+    whole = mask is not None or dropout_fn is not None or num_queries == 1
+    return "reference" if whole else "blockwise"
+  return impl
+
+
+def attention(
+    q_BTHK: Array,
+    k_BSHK: Array,
+    v_BSHK: Array,
+    *,
+    impl: str = "auto",
+    causal: bool = False,
+    key_padding_mask_BS: Array | None = None,
+    local_window: int | None = None,
+    mask: Array | None = None,
+    query_offset: int | Array = 0,
+    scale: float | None = None,
+    dropout_fn: Callable[[Array], Array] | None = None,
+) -> Array:
+  """Multi-head attention by one of several implementations of the same function.
+
+  Args:
+    q_BTHK, k_BSHK, v_BSHK, causal, key_padding_mask_BS, local_window, mask, query_offset,
+      scale, dropout_fn: as in `dot_product_attention`.
+    impl: "reference" (`dot_product_attention`), "blockwise"
+      (`ops.blockwise_attention`: online softmax, memory linear in T, masked blocks
+      skipped), "xla" or "cudnn" (`jax.nn.dot_product_attention`; cuDNN needs a GPU and
+      float16/bfloat16; a row with every key masked follows jax.nn's convention there, not
+      zeros), or "auto" (see `choose_impl`).
+
+  Returns:
+    out_BTHK in q's dtype.
+  """
+  impl = choose_impl(impl, num_queries=q_BTHK.shape[1], mask=mask, dropout_fn=dropout_fn)
+  kw = dict(causal=causal, key_padding_mask_BS=key_padding_mask_BS,
+            local_window=local_window, query_offset=query_offset, scale=scale)
+  if impl == "reference":
+    return dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, dropout_fn=dropout_fn, **kw)
+  if impl == "blockwise":
+    if mask is not None or dropout_fn is not None:
+      raise ValueError("impl='blockwise' takes no `mask` or `dropout_fn` (they need the "
+                       "whole [T, S] weights); use impl='reference' or 'auto'")
+    # Imported here: blockwise_attention builds on this module (its mask constant).
+    from seqscale.ops import blockwise_attention  # pylint: disable=g-import-not-at-top
+    return blockwise_attention.blockwise_attention(q_BTHK, k_BSHK, v_BSHK, **kw)
+  if dropout_fn is not None:
+    raise ValueError(f"impl={impl!r} takes no `dropout_fn`; use impl='reference'")
+  allowed = None
+  at_zero = isinstance(query_offset, (int, np.integer)) and query_offset == 0
+  if not at_zero or any(a is not None for a in (key_padding_mask_BS, local_window, mask)):
+    allowed = make_attention_mask(
+        q_BTHK.shape[1], k_BSHK.shape[1], causal=causal,
+        key_padding_mask_BS=key_padding_mask_BS, local_window=local_window,
+        query_offset=query_offset, mask=mask)
+  out = jax.nn.dot_product_attention(
+      q_BTHK, k_BSHK, v_BSHK, scale=scale, mask=allowed,
+      is_causal=causal and allowed is None, implementation=impl)
+  return out.astype(q_BTHK.dtype)
 
 
 def project_heads(x_BTD: Array, kernel_DHK: Array, bias_HK: Array | None = None) -> Array:

@@ -18,8 +18,8 @@ and the work skipped grows with T (causal: about half).
 
 Masks are those of the reference: causal, key padding, local window, query offset (a
 traced offset works too: the loops' bounds are computed at run time). A query row that may
-see no key gets zeros, as in the reference. ``attention`` dispatches between this, the
-reference and ``jax.nn.dot_product_attention`` (XLA, or cuDNN on a GPU).
+see no key gets zeros, as in the reference. ``ops.attention.attention`` dispatches between
+this, the reference and ``jax.nn.dot_product_attention`` (XLA, or cuDNN on a GPU).
 
 Shapes: B batch, T queries, S keys, H heads, K head dim; internally blocks are laid out
 [n, B, H, block, K] so a loop step reads one contiguous block.
@@ -28,25 +28,20 @@ Shapes: B batch, T queries, S keys, H heads, K head dim; internally blocks are l
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqscale.ops import attention as ref
+from seqscale.checks import check_int
+from seqscale.ops.attention import MASKED_SCORE
+# The dispatcher lives in ops.attention; these names stay importable from here.
+from seqscale.ops.attention import IMPLS, attention  # noqa: F401  pylint: disable=unused-import
 
 Array = jax.Array
 
-IMPLS = ("auto", "blockwise", "reference", "xla", "cudnn")
 # Measured on a 2-core CPU (B=4, H=8, K=64, float32): 128 was best forward+backward.
 DEFAULT_BLOCK = 128
-_NEG = -0.7 * float(np.finfo(np.float32).max)
-
-
-def _check(name: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
 
 
 def _to_blocks(x_BTHK: Array, block: int) -> Array:
@@ -133,7 +128,7 @@ def _forward(geo: _Geometry, scale, q_b, k_b, v_b, kpm):
       m, l, acc = st
       s = _scores(q, k_b[j], scale)
       ok = geo.mask(i, j, kpm)
-      m_new = jnp.maximum(m, jnp.max(jnp.where(ok, s, _NEG), axis=-1))
+      m_new = jnp.maximum(m, jnp.max(jnp.where(ok, s, MASKED_SCORE), axis=-1))
       p = jnp.where(ok, jnp.exp(s - m_new[..., None]), 0.0)
       alpha = jnp.exp(m - m_new)
       l = l * alpha + jnp.sum(p, axis=-1)
@@ -142,8 +137,8 @@ def _forward(geo: _Geometry, scale, q_b, k_b, v_b, kpm):
       return m_new, l, acc * alpha[..., None] + pv
 
     lo, hi = geo.key_blocks(i)
-    init = (jnp.full((B, H, bq), _NEG, jnp.float32), jnp.zeros((B, H, bq), jnp.float32),
-            jnp.zeros((B, H, bq, K), jnp.float32))
+    init = (jnp.full((B, H, bq), MASKED_SCORE, jnp.float32),
+            jnp.zeros((B, H, bq), jnp.float32), jnp.zeros((B, H, bq, K), jnp.float32))
     m, l, acc = jax.lax.fori_loop(lo, hi, k_block, init)
     seen = l > 0  # rows that see no key: zeros (and a finite lse)
     out = jnp.where(seen[..., None], acc / jnp.where(seen, l, 1.0)[..., None], 0.0)
@@ -255,73 +250,14 @@ def blockwise_attention(
     raise ValueError(f"q, k, v shapes {q_BTHK.shape}, {k_BSHK.shape}, {v_BSHK.shape}: "
                      "expected [B, T, H, K], [B, S, H, K], [B, S, H, K]")
   if local_window is not None:
-    _check("local_window", local_window, 0)
+    check_int("local_window", local_window, 0)
   T, S, K = q_BTHK.shape[1], k_BSHK.shape[1], q_BTHK.shape[-1]
   block_q = min(DEFAULT_BLOCK if block_q is None else block_q, max(T, 1))
   block_k = min(DEFAULT_BLOCK if block_k is None else block_k, max(S, 1))
-  _check("block_q", block_q, 1)
-  _check("block_k", block_k, 1)
+  check_int("block_q", block_q, 1)
+  check_int("block_k", block_k, 1)
   scale = float(1.0 / np.sqrt(K) if scale is None else scale)
   if isinstance(query_offset, (int, np.integer)):
     query_offset = np.int32(query_offset)
   return _attention(bool(causal), local_window, scale, block_q, block_k, q_BTHK, k_BSHK,
                     v_BSHK, key_padding_mask_BS, query_offset)
-
-
-def attention(
-    q_BTHK: Array,
-    k_BSHK: Array,
-    v_BSHK: Array,
-    *,
-    impl: str = "auto",
-    causal: bool = False,
-    key_padding_mask_BS: Array | None = None,
-    local_window: int | None = None,
-    mask: Array | None = None,
-    query_offset: int | Array = 0,
-    scale: float | None = None,
-    dropout_fn: Callable[[Array], Array] | None = None,
-) -> Array:
-  """Multi-head attention by one of several implementations of the same function.
-
-  Args:
-    q_BTHK, k_BSHK, v_BSHK, causal, key_padding_mask_BS, local_window, mask, query_offset,
-      scale, dropout_fn: as in ``ops.attention.dot_product_attention``.
-    impl: "blockwise" (this module), "reference" (``ops.attention``), "xla" or "cudnn"
-      (``jax.nn.dot_product_attention``; cuDNN needs a GPU and float16/bfloat16; a row
-      with every key masked follows jax.nn's convention there, not the zeros above), or
-      "auto": blockwise unless an arbitrary ``mask`` or a ``dropout_fn`` on the weights
-      asks for the whole [T, S] matrix (then the reference), or one query attends (a
-      decoding step: the reference, whose single row is already small).
-
-  Returns:
-    out_BTHK in q's dtype.
-  """
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r}: allowed: {', '.join(IMPLS)}")
-  kw = dict(causal=causal, key_padding_mask_BS=key_padding_mask_BS,
-            local_window=local_window, query_offset=query_offset, scale=scale)
-  if impl == "auto":
-    whole = mask is not None or dropout_fn is not None or q_BTHK.shape[1] == 1
-    impl = "reference" if whole else "blockwise"
-  if impl == "blockwise":
-    if mask is not None or dropout_fn is not None:
-      raise ValueError("impl='blockwise' takes no `mask` or `dropout_fn` (they need the "
-                       "whole [T, S] weights); use impl='reference' or 'auto'")
-    return blockwise_attention(q_BTHK, k_BSHK, v_BSHK, **kw)
-  if impl == "reference":
-    return ref.dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, dropout_fn=dropout_fn,
-                                     **kw)
-  if dropout_fn is not None:
-    raise ValueError(f"impl={impl!r} takes no `dropout_fn`; use impl='reference'")
-  allowed = None
-  at_zero = isinstance(query_offset, (int, np.integer)) and query_offset == 0
-  if not at_zero or any(a is not None for a in (key_padding_mask_BS, local_window, mask)):
-    allowed = ref.make_attention_mask(
-        q_BTHK.shape[1], k_BSHK.shape[1], causal=causal,
-        key_padding_mask_BS=key_padding_mask_BS, local_window=local_window,
-        query_offset=query_offset, mask=mask)
-  out = jax.nn.dot_product_attention(
-      q_BTHK, k_BSHK, v_BSHK, scale=scale, mask=allowed,
-      is_causal=causal and allowed is None, implementation=impl)
-  return out.astype(q_BTHK.dtype)

@@ -5,7 +5,8 @@ step; connecting distant positions takes depth (stacked layers, growing dilation
 causal form can also run one time step at a time with a buffer of the last
 ``(W - 1) * dilation`` inputs (:func:`conv1d_step`), which equals the full call.
 
-Shapes follow DESIGN.md: B batch, T length, S source length, C channels, W window, D width.
+Shapes follow docs/DESIGN.md: B batch, T length, S source length, C channels, W window,
+D width.
 Kernels are laid out ``[W, C_in, C_out]`` (Flax's layout for ``nnx.Conv``).
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from seqscale.ops.attention import MASKED_SCORE
 
 Array = jax.Array
 
@@ -140,12 +143,14 @@ def convs2s_attention(query_BTD: Array, keys_BSD: Array, values_BSD: Array,
     ``[B, T, D]``.
   """
   scores_BTS = jnp.einsum("BTD,BSD->BTS", query_BTD, keys_BSD)
+  dtype = scores_BTS.dtype
+  scores_BTS = scores_BTS.astype(jnp.float32)  # the softmax in float32, as in ops.attention
   if mask_BS is None:
-    num_valid_B = jnp.full(query_BTD.shape[:1], keys_BSD.shape[1], scores_BTS.dtype)
+    num_valid_B = jnp.full(query_BTD.shape[:1], keys_BSD.shape[1], dtype)
   else:
-    # finfo.min rather than -inf: a row with no valid key stays finite (uniform weights).
-    scores_BTS = jnp.where(mask_BS[:, None, :], scores_BTS, jnp.finfo(scores_BTS.dtype).min)
-    num_valid_B = jnp.maximum(mask_BS.sum(axis=-1), 1).astype(scores_BTS.dtype)
-  weights_BTS = jax.nn.softmax(scores_BTS, axis=-1)
+    # A finite MASKED_SCORE, not -inf: a row with no valid key stays finite (uniform weights).
+    scores_BTS = jnp.where(mask_BS[:, None, :], scores_BTS, MASKED_SCORE)
+    num_valid_B = jnp.maximum(mask_BS.sum(axis=-1), 1).astype(dtype)
+  weights_BTS = jax.nn.softmax(scores_BTS, axis=-1).astype(dtype)
   out_BTD = jnp.einsum("BTS,BSD->BTD", weights_BTS, values_BSD)
   return out_BTD * jnp.sqrt(num_valid_B)[:, None, None]

@@ -5,7 +5,7 @@ A memory network does not run over time: every sentence of the story is one memo
 written in parallel, and each *hop* reads all of them at once with a softmax over slots
 (attention over sentences). K hops are K dependent steps, whatever the story's length.
 
-Shapes (DESIGN.md legend, plus M memory slots = sentences, J words per sentence):
+Shapes (docs/DESIGN.md legend, plus M memory slots = sentences, J words per sentence):
 ``tokens_...J`` int ids (0 is padding), ``emb_...JD`` their embeddings.
 """
 
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from seqscale.ops.attention import MASKED_SCORE
 
 Array = jax.Array
 
@@ -74,10 +76,10 @@ def memory_read(u_BD: Array, keys_BMD: Array, values_BMD: Array,
   Returns:
     ``(o_BD, p_BM)``: the read vector and the attention over memory slots.
   """
-  scores_BM = jnp.einsum("BD,BMD->BM", u_BD, keys_BMD)
+  scores_BM = jnp.einsum("BD,BMD->BM", u_BD, keys_BMD).astype(jnp.float32)
   if mask_BM is not None:
-    scores_BM = jnp.where(mask_BM, scores_BM, jnp.finfo(scores_BM.dtype).min)
-  p_BM = jax.nn.softmax(scores_BM.astype(jnp.float32), axis=-1).astype(values_BMD.dtype)
+    scores_BM = jnp.where(mask_BM, scores_BM, MASKED_SCORE)
+  p_BM = jax.nn.softmax(scores_BM, axis=-1).astype(values_BMD.dtype)
   if mask_BM is not None:  # a story with no sentence reads nothing, not a uniform average
     p_BM = p_BM * mask_BM.any(-1, keepdims=True)
   return jnp.einsum("BM,BMD->BD", p_BM, values_BMD), p_BM

@@ -35,18 +35,21 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seqscale.ops import attention as attention_ops
+from seqscale.ops.attention import MASKED_SCORE
 
 Array = jax.Array
 LAYOUTS = ("contiguous", "zigzag")
-_NEG = -1e30  # finite: exp(_NEG - m) is 0 without inf - inf = nan
 
 
-def compiler_attention(mesh: Mesh, *, causal: bool = False, axis: str = "seq"):
-  """``dot_product_attention`` jitted with q, k, v and output sharded [B over data, T over
-  ``axis``]; XLA inserts the collectives. Returns ``f(q_BTHK, k_BSHK, v_BSHK) -> out_BTHK``.
+def compiler_attention(mesh: Mesh, *, causal: bool = False, axis: str = "seq",
+                       impl: str = "reference"):
+  """``ops.attention.attention`` (``impl``, default the einsum reference) jitted with q, k, v
+  and output sharded [B over data, T over ``axis``]; XLA inserts the collectives.
+
+  Returns ``f(q_BTHK, k_BSHK, v_BSHK) -> out_BTHK``.
   """
   spec = NamedSharding(mesh, P("data", axis, None, None))
-  fn = functools.partial(attention_ops.dot_product_attention, causal=causal)
+  fn = functools.partial(attention_ops.attention, impl=impl, causal=causal)
   return jax.jit(fn, in_shardings=(spec, spec, spec), out_shardings=spec)
 
 
@@ -70,7 +73,7 @@ def _fold(state, q_BTHK, k_BSHK, v_BSHK, allowed_TS, scale):
   s_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK,
                       preferred_element_type=jnp.float32) * scale
   if allowed_TS is not None:
-    s_BHTS = jnp.where(allowed_TS, s_BHTS, _NEG)
+    s_BHTS = jnp.where(allowed_TS, s_BHTS, MASKED_SCORE)
   m_new = jnp.maximum(m_BHT, s_BHTS.max(-1))
   p_BHTS = jnp.exp(s_BHTS - m_new[..., None])
   if allowed_TS is not None:
@@ -88,7 +91,7 @@ def _ring_body(q_BTHK, k_BSHK, v_BSHK, pos_T, *, axis, N, causal, skip_masked):
   scale = 1.0 / np.sqrt(K)
   perm = [(i, (i + 1) % N) for i in range(N)]
   me = jax.lax.axis_index(axis)
-  state = (jnp.full((B, H, Tb), _NEG, jnp.float32), jnp.zeros((B, H, Tb), jnp.float32),
+  state = (jnp.full((B, H, Tb), MASKED_SCORE, jnp.float32), jnp.zeros((B, H, Tb), jnp.float32),
            jnp.zeros((B, Tb, H, K), jnp.float32))
 
   def fold_all(state, kv):
