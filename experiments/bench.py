@@ -18,60 +18,48 @@ import dataclasses
 import os
 import sys
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from seqscale.studies import bench
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (results.json, table, plots).")
 _QUICK = flags.DEFINE_bool("quick", False, "Small shapes and lengths: about a minute.")
 _LAYERS = flags.DEFINE_list("layers", None, "Only these layers (registry names, attention, "
                             "mha); default all.")
-_LENGTHS = flags.DEFINE_list("lengths", None, "Lengths T (default 128,512,2048,8192).")
+_LENGTHS = cli.DEFINE_integer_list("lengths", None, "Lengths T (default 128,512,2048,8192).")
 _DTYPES = flags.DEFINE_list("dtypes", None, "float32 and/or bfloat16 (default both).")
-_REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per candidate (median).")
+_REPEATS = flags.DEFINE_integer("repeats", None, "Timed runs per candidate (median; default 5).",
+                                lower_bound=1)
 _TARGETS = flags.DEFINE_bool("targets", True, "Also measure the issue's targets.")
-_OMP_WAIT = flags.DEFINE_string(
-    "omp_wait_policy", "PASSIVE", "OMP_WAIT_POLICY for PyTorch when the environment does not "
-    "set it: PASSIVE keeps its threads from spinning on a shared, oversubscribed machine "
-    "(ACTIVE made torch several times slower there); '' leaves torch's default.")
+_OMP_WAIT = flags.DEFINE_enum(
+    "omp_wait_policy", "PASSIVE", ["PASSIVE", "ACTIVE", "default"], "OMP_WAIT_POLICY for "
+    "PyTorch when the environment does not set it: PASSIVE keeps its threads from spinning on "
+    "a shared, oversubscribed machine (ACTIVE made torch several times slower there); "
+    "'default' leaves torch's own.")
+cli.check_names(_DTYPES, ("float32", "bfloat16"))
 
 
-def _fail(message: str, code: int) -> None:
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
-def _progress(line: str) -> None:
-  print(line, file=sys.stderr, flush=True)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}", 2)
-  if _OMP_WAIT.value and "OMP_WAIT_POLICY" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = _OMP_WAIT.value  # read once, when torch loads
-  s = bench.QUICK if _QUICK.value else bench.Settings()
+def settings() -> bench.Settings:
+  """The study's settings from the flags."""
   changes = {"targets": _TARGETS.value}
-  try:
-    if _LAYERS.value:
-      changes["layers"] = tuple(_LAYERS.value)
-    if _LENGTHS.value:
-      changes["lengths"] = tuple(int(t) for t in _LENGTHS.value)
-    if _DTYPES.value:
-      changes["dtypes"] = tuple(_DTYPES.value)
-    if _REPEATS.value is not None:
-      changes["repeats"] = _REPEATS.value
-  except ValueError as e:
-    _fail(f"--lengths={_LENGTHS.value}: {e}", 2)
-  s = dataclasses.replace(s, **changes)
-  try:
-    md = bench.run(s, _WORKDIR.value, progress=_progress)["markdown"]
-  except ValueError as e:
-    _fail(e, 1)
-  print(md, flush=True)
+  if _LAYERS.value:
+    changes["layers"] = tuple(_LAYERS.value)
+  if _LENGTHS.value:
+    changes["lengths"] = tuple(_LENGTHS.value)
+  if _DTYPES.value:
+    changes["dtypes"] = tuple(_DTYPES.value)
+  if _REPEATS.value is not None:
+    changes["repeats"] = _REPEATS.value
+  return dataclasses.replace(bench.QUICK if _QUICK.value else bench.Settings(), **changes)
+
+
+def main(s: bench.Settings, workdir: str) -> None:
+  if _OMP_WAIT.value != "default" and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = _OMP_WAIT.value  # read once, when torch loads
+  progress = lambda line: print(line, file=sys.stderr, flush=True)
+  print(bench.run(s, workdir, progress=progress)["markdown"], flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main, settings)

@@ -12,47 +12,39 @@ about 2 min. Expected result on CPU: sequential fastest at every T, associative 
 its time, chunked mostly 1.2-2.4x (two noisy points outside).
 """
 
-import sys
+import dataclasses
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from seqscale.studies import crossover
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (results.json, table, plot).")
 _QUICK = flags.DEFINE_bool("quick", False, "T up to 4,096 instead of 65,536.")
-_MAX_T = flags.DEFINE_integer("max_t", None, "Longest T (default 65,536; 4,096 with --quick).")
-_BATCH = flags.DEFINE_integer("batch", 4, "B, the batch size.")
-_WIDTH = flags.DEFINE_integer("width", 64, "D, the number of channels.")
-_CHUNK = flags.DEFINE_integer("chunk_size", 64, "Steps per chunk in mode chunked.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).")
+_MAX_T = flags.DEFINE_integer("max_t", None, "Longest T (default 65,536; 4,096 with --quick).",
+                              lower_bound=128)
+_BATCH = flags.DEFINE_integer("batch", 4, "B, the batch size.", lower_bound=1)
+_WIDTH = flags.DEFINE_integer("width", 64, "D, the number of channels.", lower_bound=1)
+_CHUNK = flags.DEFINE_integer("chunk_size", 64, "Steps per chunk in mode chunked.",
+                              lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per measurement (median reported).",
+                                lower_bound=1)
 
 
-def _fail(message: str, code: int) -> None:
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  sys.exit(code)
+def settings() -> crossover.Settings:
+  """The study's settings from the flags."""
+  changes = dict(batch=_BATCH.value, width=_WIDTH.value, chunk_size=_CHUNK.value,
+                 repeats=_REPEATS.value)
+  if _MAX_T.value is not None:
+    changes["max_t"] = _MAX_T.value
+  return dataclasses.replace(crossover.QUICK if _QUICK.value else crossover.Settings(),
+                             **changes)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}", 2)
-  max_t = _MAX_T.value or (4096 if _QUICK.value else 65_536)
-  from seqscale import outputs  # pylint: disable=g-import-not-at-top
-  try:
-    ts = crossover.crossover_lengths(max_t)
-    settings = {"ts": ts, "B": _BATCH.value, "D": _WIDTH.value, "chunk_size": _CHUNK.value,
-                "repeats": _REPEATS.value, "dtype": "float32", "quick": _QUICK.value,
-                "inputs": "a uniform in [0.9, 1), b standard normal"}
-    rows = crossover.crossover(ts, B=_BATCH.value, D=_WIDTH.value, chunk_size=_CHUNK.value,
-                                 repeats=_REPEATS.value, progress=logging.info)
-    md = crossover.save_crossover(_WORKDIR.value, rows, settings=settings,
-                                    context=outputs.run_context(seed=0, dtype="float32"))
-  except ValueError as e:
-    _fail(e, 1)
-  print(md, flush=True)
+def main(s: crossover.Settings, workdir: str) -> None:
+  print(crossover.run(s, workdir, progress=logging.info)["markdown"], flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  cli.run(main, settings)

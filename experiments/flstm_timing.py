@@ -15,38 +15,34 @@ primitives per step for the LSTM and G-LSTM and 9 for the F-LSTM (its two factor
 are in a row): cheaper steps, the same serial chain.
 """
 
-from absl import app
 from absl import flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_WIDTH = flags.DEFINE_integer("width", 512, "Hidden width D of every model.")
-_IN = flags.DEFINE_integer("in_features", 0, "Input width I; 0 = width.")
-_RANK = flags.DEFINE_integer("rank", 0, "F-LSTM rank r; 0 = width // 4.")
-_GROUPS = flags.DEFINE_integer("num_groups", 4, "G-LSTM groups G.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size B.")
-_LENGTHS = flags.DEFINE_list("lengths", ["64", "128"], "Sequence lengths T.")
-_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed runs per model (median, round-robin).")
+from experiments import cli
+from seqscale.studies import flstm_timing
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+_WIDTH = flags.DEFINE_integer("width", 512, "Hidden width D of every model.", lower_bound=1)
+_IN = flags.DEFINE_integer("in_features", None, "Input width I (default: --width).",
+                           lower_bound=1)
+_RANK = flags.DEFINE_integer("rank", None, "F-LSTM rank r (default: width // 4).",
+                             lower_bound=1)
+_GROUPS = flags.DEFINE_integer("num_groups", 4, "G-LSTM groups G.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Batch size B.", lower_bound=1)
+_LENGTHS = cli.DEFINE_integer_list("lengths", [64, 128], "Sequence lengths T.")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed runs per model (median, round-robin).",
+                                lower_bound=1)
 
 
-def main(argv):
-  del argv
-  from seqscale.studies import flstm_timing  # pylint: disable=g-import-not-at-top
-  from seqscale import outputs  # pylint: disable=g-import-not-at-top
+def settings() -> flstm_timing.Settings:
+  """The study's settings from the flags."""
+  return flstm_timing.Settings(
+      width=_WIDTH.value, in_features=_IN.value, rank=_RANK.value, num_groups=_GROUPS.value,
+      batch_size=_BATCH.value, lengths=tuple(_LENGTHS.value), repeats=_REPEATS.value)
 
-  try:
-    lengths = [int(t) for t in _LENGTHS.value]
-  except ValueError:
-    raise app.UsageError(f"--lengths={','.join(_LENGTHS.value)}; must be integers") from None
-  settings = dict(width=_WIDTH.value, in_features=_IN.value or None, rank=_RANK.value or None,
-                  num_groups=_GROUPS.value, batch_size=_BATCH.value, lengths=lengths,
-                  repeats=_REPEATS.value)
-  try:
-    rows = flstm_timing.compare(**settings)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  print(flstm_timing.write(rows, _WORKDIR.value,
-                           outputs.run_context(settings=settings, dtype="float32")))
+
+def main(s: flstm_timing.Settings, workdir: str) -> None:
+  print(flstm_timing.run(s, workdir, progress=None)["markdown"], flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, settings)

@@ -34,52 +34,41 @@ solved; an unsolved cell is reported as such with its stop reason (max_steps, ma
 or nan). For a study without the time cap: --max_train_s=0 --max_steps=N.
 """
 
-import sys
-
-from absl import app
 from absl import flags
 
+from experiments import cli
 from seqscale.studies import long_range
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (table, results.json, PNGs).")
 _TASKS = flags.DEFINE_list("tasks", None, "Tasks (default: adding_problem,copy_memory).")
-_LENGTHS = flags.DEFINE_list("lengths", None, "T values (default: 100,200,500,1000).")
+_LENGTHS = cli.DEFINE_integer_list("lengths", None, "T values (default: 100,200,500,1000).",
+                                   lower_bound=2)
 _MODELS = flags.DEFINE_list("models", None,
                             "Models (default: lstm,gru,wavenet,transformer,mingru,lru).")
-_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per (task, T, model) (default 2).")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Training steps at most per cell.")
-_MAX_TRAIN_S = flags.DEFINE_float("max_train_s", None,
-                                  "Training seconds at most per cell (0: no limit).")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", None, "Steps between held-out evaluations.")
+_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per (task, T, model) (default 2).",
+                              lower_bound=1)
+_MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Training steps at most per cell "
+                                  "(default 3000).", lower_bound=1)
+_MAX_TRAIN_S = flags.DEFINE_float("max_train_s", None, "Training seconds at most per cell "
+                                  "(default 15; 0: no limit).", lower_bound=0)
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", None, "Steps between held-out evaluations "
+                                   "(default 100).", lower_bound=1)
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny run for tests: T 20, 40; lstm, transformer.")
+cli.check_names(_TASKS, long_range.TASKS)
+cli.check_names(_MODELS, long_range.MODELS)
 
 
-def _fail(message: str, code: int) -> None:
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  sys.exit(code)
+def settings() -> long_range.Settings:
+  """The study's settings from the flags."""
+  return long_range.make_settings(
+      _QUICK.value, tasks=_TASKS.value, lengths=_LENGTHS.value, models=_MODELS.value,
+      seeds=_SEEDS.value, max_steps=_MAX_STEPS.value, max_train_s=_MAX_TRAIN_S.value,
+      eval_every=_EVAL_EVERY.value)
 
 
-def _parse(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:  # a malformed or missing flag: one line, not absl's usage text
-    _fail(e, 2)
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}", 2)
-  try:
-    settings = long_range.make_settings(
-        _QUICK.value, tasks=_TASKS.value, lengths=_LENGTHS.value, models=_MODELS.value,
-        seeds=_SEEDS.value, max_steps=_MAX_STEPS.value, max_train_s=_MAX_TRAIN_S.value,
-        eval_every=_EVAL_EVERY.value)
-    out = long_range.run(settings, _WORKDIR.value)
-  except ValueError as e:
-    _fail(e, 2 if "--" in str(e) else 1)
-  print(out["markdown"], flush=True)
+def main(s: long_range.Settings, workdir: str) -> None:
+  print(long_range.run(s, workdir)["markdown"], flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
-  app.run(main, flags_parser=_parse)
+  cli.run(main, settings)

@@ -31,115 +31,44 @@ Result (measured, seed 0): receptive field of the last output (of T = 32) after 
   attend mostly to recent blanks.
 """
 
-import json
-import os
-import sys
-import time
+import importlib
 
-from absl import app
 from absl import flags
-from absl import logging
+
+from experiments import cli
+from seqscale.studies import pictures
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (results.json, PNGs).")
 _SKIP = flags.DEFINE_bool("skip_training", False, "Draw only the connectivity (seconds).")
-_TASK = flags.DEFINE_enum("task", "copy_memory", ["copy_memory", "algorithmic"],
+_TASK = flags.DEFINE_enum("task", "copy_memory", list(pictures.TASKS),
                           "Task the Transformer is trained on for the attention maps.")
-_STEPS = flags.DEFINE_integer("num_steps", None, "Training steps (default: the config's).")
-_LENGTH = flags.DEFINE_integer("length", 32, "T of the connectivity pictures.")
-_LAYERS = flags.DEFINE_integer("max_layers", 4, "Columns L = 1..max_layers.")
-_WIDTH = flags.DEFINE_integer("width", 8, "D of the random stacks.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random weights and inputs of the stacks.")
+_STEPS = flags.DEFINE_integer("num_steps", None, "Training steps (default: the config's).",
+                              lower_bound=1)
+_LENGTH = flags.DEFINE_integer("length", 32, "T of the connectivity pictures.", lower_bound=1)
+_LAYERS = flags.DEFINE_integer("max_layers", 4, "Columns L = 1..max_layers.", lower_bound=1)
+_WIDTH = flags.DEFINE_integer("width", 8, "D of the random stacks.", lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "Random weights and inputs of the stacks.",
+                             lower_bound=0)
 
-_CONFIGS = {"copy_memory": ("copy_memory.py", "quick"),
-            "algorithmic": ("algorithmic.py", "quick,transformer")}
-
-
-def _fail(message: str, code: int) -> None:
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  sys.exit(code)
+# The trainer config of each task: (file in experiments/configs, its argument).
+CONFIGS = {"copy_memory": ("copy_memory", "quick"),
+           "algorithmic": ("algorithmic", "quick,transformer")}
 
 
-def _config(task: str, num_steps: int | None):
-  import importlib  # pylint: disable=g-import-not-at-top
-  module, arg = _CONFIGS[task]
-  config = importlib.import_module("experiments.configs." + module[:-3]).get_config(arg)
-  if num_steps is not None:
-    config.num_steps = num_steps
-    config.checkpoint_every = min(config.checkpoint_every, num_steps)
-  return config
-
-
-def _labels(task: str, tokens) -> list[str]:
-  if task == "copy_memory":  # symbols 1..8, blank 9, delimiter 10
-    return [{9: "_", 10: ":"}.get(int(t), str(int(t))) for t in tokens]
-  return [str(int(t)) for t in tokens]
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}", 2)
-  for flag in (_LENGTH, _LAYERS, _WIDTH, _STEPS):
-    if flag.value is not None and flag.value < 1:
-      _fail(f"--{flag.name}={flag.value}: must be >= 1", 2)
-  workdir = os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
-  try:
-    results = _run(workdir)
-  except ValueError as e:
-    _fail(e, 1)
-  from seqscale.studies import pictures  # pylint: disable=g-import-not-at-top
-  md = pictures.markdown(results)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
-  with open(os.path.join(workdir, "pictures.md"), "w") as f:
-    f.write(md)
-  print(md, flush=True)
-  logging.info("wrote %s", workdir)
-
-
-def _run(workdir: str):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from seqscale.studies import pictures  # pylint: disable=g-import-not-at-top
-  from seqscale import outputs  # pylint: disable=g-import-not-at-top
-  start = time.perf_counter()
-  table = pictures.plot_connectivity(
-      os.path.join(workdir, "connectivity.png"), max_layers=_LAYERS.value, T=_LENGTH.value,
-      width=_WIDTH.value, seed=_SEED.value)
-  results = {"connectivity": {
-      "T": _LENGTH.value, "width": _WIDTH.value, "seed": _SEED.value,
-      "receptive_field_last_output": {k: v["receptive_field"] for k, v in table.items()},
-      "layers_to_connect": {k: v["layers_to_connect"] for k, v in table.items()},
-      "time_s": time.perf_counter() - start}}
+def settings() -> pictures.Settings:
+  """The study's settings from the flags; the trainer config from experiments/configs."""
   config = None
   if not _SKIP.value:
-    from seqscale import train  # pylint: disable=g-import-not-at-top
-    config = _config(_TASK.value, _STEPS.value)
-    run_dir = os.path.join(workdir, _TASK.value)
-    t0 = time.perf_counter()
-    trained = train.train_and_evaluate(config, run_dir)
-    model, step = train.restore_model(config, run_dir)
-    batch = train.get_task(config.task.to_dict()).dataset("test", batch_size=1,
-                                                          seed=config.seed)[0]
-    weights = pictures.attention_weights(model.backbone, model.embed(batch["inputs"]),
-                                         mask=batch["mask"])
-    pictures.plot_attention_maps(
-        os.path.join(workdir, "attention_maps.png"), weights,
-        tokens=_labels(_TASK.value, batch["inputs"][0]),
-        title=f"{_TASK.value}: causal Transformer after {step} steps, one test example")
-    results["attention"] = {
-        "task": _TASK.value, "checkpoint_step": step, "eval": trained["eval"],
-        "train_time_s": trained["train_time_s"], "time_s": time.perf_counter() - t0,
-        "inputs": batch["inputs"][0].tolist(),
-        "entropy_per_layer_head_nats": [pictures.attention_entropy(w).round(3).tolist()
-                                        for w in weights],
-        # For each layer and head: the key each query attends to most.
-        "argmax_key_per_query": [np.asarray(w[0]).argmax(-1).tolist() for w in weights]}
-  results["context"] = outputs.run_context(
-      seed=_SEED.value, dtype="float32",
-      config=None if config is None else config.to_dict())
-  results["wall_time_s"] = time.perf_counter() - start
-  return results
+    module, arg = CONFIGS[_TASK.value]
+    config = importlib.import_module(f"experiments.configs.{module}").get_config(arg)
+  return pictures.Settings(length=_LENGTH.value, max_layers=_LAYERS.value, width=_WIDTH.value,
+                           seed=_SEED.value, task=_TASK.value, train_config=config,
+                           num_steps=_STEPS.value)
+
+
+def main(s: pictures.Settings, workdir: str) -> None:
+  print(pictures.run(s, workdir, progress=None)["markdown"], flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, settings)

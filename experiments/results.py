@@ -17,14 +17,15 @@ A failed experiment is reported and the others still run; the exit code is then 
 """
 
 import os
-import sys
 
-from absl import app
 from absl import flags
 
+from experiments import cli
+from experiments import launch
 from seqscale.studies import results_md
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NAMES = [e.name for e in launch.EXPERIMENTS]
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the experiments write (one folder "
                                "each); kept between runs.")
 _OUT = flags.DEFINE_string("out", os.path.join(_ROOT, "RESULTS.md"), "The file written.")
@@ -37,41 +38,35 @@ _RERUN = flags.DEFINE_list("rerun", [], "Experiments to run again even if finish
 _COMPOSE_ONLY = flags.DEFINE_bool("compose_only", False, "Run nothing; gather what "
                                   "--workdir holds.")
 _LIST = flags.DEFINE_bool("list", False, "Print the experiments and their commands, exit.")
+for _flag in (_ONLY, _SKIP, _RERUN):
+  cli.check_names(_flag, _NAMES)
 
 
-def _fail(message: str, code: int = 1) -> None:
-  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-  sys.exit(code)
+def settings() -> list[results_md.Experiment]:
+  """The experiments chosen by --only and --skip."""
+  return launch.select(_ONLY.value, _SKIP.value)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}", 2)
+def main(experiments: list[results_md.Experiment], workdir: str | None) -> None:
   if _LIST.value:
-    for e in results_md.EXPERIMENTS:
+    for e in launch.EXPERIMENTS:
       print(f"{e.name:28s} ~{e.minutes:4g} min  {e.command()}")
     return
-  if not _WORKDIR.value:
-    _fail("--workdir is required (a directory, existing or new)", 2)
-  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    _fail(f"--workdir={_WORKDIR.value}: is a file; pass a directory (existing or new)")
-  try:
-    experiments = results_md.select(_ONLY.value, _SKIP.value)
-    results_md.select(_RERUN.value or None)  # names checked
-  except ValueError as e:
-    _fail(e)
   failed = []
   if not _COMPOSE_ONLY.value:
-    failed = results_md.run_missing(experiments, workdir, rerun=_RERUN.value,
-                                    progress=lambda line: print(line, flush=True))
-  results_md.compose(experiments, workdir, _OUT.value, _DOCS.value)
+    failed = launch.run_missing(experiments, workdir, rerun=_RERUN.value,
+                                progress=lambda line: print(line, flush=True))
+  names = ",".join(e.name for e in experiments)
+  regenerate = "python -m experiments.results --workdir=DIR" + (
+      "" if len(experiments) == len(launch.EXPERIMENTS) else f" --only={names}")
+  results_md.compose(experiments, workdir, _OUT.value, _DOCS.value, regenerate)
   done = sum(results_md.finished(workdir, e) for e in experiments)
   print(f"wrote {_OUT.value} ({done} of {len(experiments)} experiments; plots in "
         f"{_DOCS.value})", flush=True)
   if failed:
-    _fail(f"experiments {failed} failed; their output is in {workdir}/<name>.log")
+    raise RuntimeError(f"experiments {failed} failed; their output is in "
+                       f"{workdir}/<name>.log")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, settings, workdir=lambda: not _LIST.value)

@@ -12,11 +12,11 @@ Expected result: FLOPs ~ n^2 (n >> d) and ~ d^1 for self-attention, ~ n and ~ d^
 recurrent and convolutional layers; depth flat for attention and convolutions, linear for
 the recurrent cells, logarithmic for the associative scan; path length constant for
 attention, linear for recurrences, ~ n/k contiguous, ~ log_k n dilated, ~ n/r restricted.
-Bad input ends with one line on stderr and exit code 1.
+Bad input (flags, settings, --workdir) ends with one ``error:`` line on stderr and exit code
+2, before any work; a failure while running, exit code 1 (``experiments.cli``).
 """
 
 import os
-import sys
 
 # LLVM's optimisation level only: compiles take about half the time, and the HLO that
 # FLOPs and memory are read from is unchanged (tests/test_table1.py checks equal numbers).
@@ -24,39 +24,29 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=0").strip()
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from experiments import cli  # noqa: E402
 from seqscale.studies import table1  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for table1.md, results.json, plots.")
 _QUICK = flags.DEFINE_bool("quick", False, "A CPU-minute smoke run (small n and d).")
-_N_VALUES = flags.DEFINE_list("n_values", None, "Sequence lengths n (at the fixed d).")
-_D_VALUES = flags.DEFINE_list("d_values", None, "Widths d (at the fixed n).")
+_N_VALUES = cli.DEFINE_integer_list("n_values", None, "Sequence lengths n (at the fixed d).",
+                                    lower_bound=2)
+_D_VALUES = cli.DEFINE_integer_list("d_values", None, "Widths d (at the fixed n).",
+                                    lower_bound=2)
 _LAYERS = flags.DEFINE_list("layers", None, f"Layer types; default all: {','.join(table1.LAYERS)}")
+cli.check_names(_LAYERS, table1.LAYERS)
 
 
-def _ints(flag: str, values: list[str] | None) -> tuple[int, ...] | None:
-  try:
-    return None if values is None else tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(f"--{flag}={','.join(values)}: must be a comma-separated list of "
-                     "ints >= 2") from None
+def settings() -> table1.Settings:
+  """The study's settings from the flags; the d sweep runs at the largest n."""
+  return table1.make_settings(_QUICK.value, _N_VALUES.value, _D_VALUES.value, _LAYERS.value)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
-  try:
-    config = table1.make_config(_QUICK.value, _ints("n_values", _N_VALUES.value),
-                                _ints("d_values", _D_VALUES.value), _LAYERS.value)
-    table1.run(config, _WORKDIR.value)
-  except ValueError as e:
-    print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
-    sys.exit(1)
+def main(s: table1.Settings, workdir: str) -> None:
+  table1.run(s, workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, settings)

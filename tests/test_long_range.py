@@ -100,16 +100,19 @@ def test_nan_training_loss_stops_the_cell():
 
 # ------------------------------------------------------------------ settings and models
 
-@pytest.mark.parametrize("kwargs, flag", [
-    (dict(tasks=["bogus"]), "--tasks"), (dict(models=["rnn"]), "--models"),
-    (dict(lengths=["0"]), "--lengths"), (dict(lengths=["ten"]), "--lengths"),
-    (dict(lengths=[]), "--lengths"), (dict(seeds=0), "--seeds"),
-    (dict(max_steps=0), "--max_steps"), (dict(eval_every=-1), "--eval_every"),
-    (dict(max_train_s=-1.0), "--max_train_s"),
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(tasks=["bogus"]), "tasks="), (dict(models=["rnn"]), "models="),
+    (dict(lengths=["0"]), "lengths="), (dict(lengths=["ten"]), "lengths="),
+    (dict(lengths=[]), "lengths="), (dict(seeds=0), "seeds="),
+    (dict(max_steps=0), "max_steps="), (dict(eval_every=-1), "eval_every="),
+    (dict(max_train_s=-1.0), "max_train_s="),
 ])
-def test_bad_settings_name_the_flag(kwargs, flag):
-  with pytest.raises(ValueError, match=flag):
+def test_bad_settings_name_the_field(kwargs, field):
+  with pytest.raises(ValueError, match=field):
     long_range.make_settings(**kwargs)
+  with pytest.raises(ValueError, match=field):  # the settings check themselves
+    long_range.Settings(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in kwargs.items()})
 
 
 def test_quick_settings_and_overrides():

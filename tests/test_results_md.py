@@ -1,4 +1,5 @@
-"""RESULTS.md regeneration: running what is missing, resuming, and gathering the reports."""
+"""RESULTS.md regeneration: running what is missing (``experiments.launch``), resuming, and
+gathering the reports (``seqscale.studies.results_md``)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from experiments import launch
 from seqscale.studies import results_md
 
 _FAKE = '''
@@ -40,14 +42,14 @@ def fake(tmp_path, monkeypatch):
 def test_runs_missing_then_resumes_and_reruns(tmp_path, fake):
   work = str(tmp_path / "work")
   lines = []
-  assert results_md.run_missing([fake], work, progress=lines.append) == []
-  assert results_md.run_missing([fake], work, progress=lines.append) == []
+  assert launch.run_missing([fake], work, progress=lines.append) == []
+  assert launch.run_missing([fake], work, progress=lines.append) == []
   count = lambda: (tmp_path / "work" / "fake" / "count.txt").read_text().count("run")
   assert count() == 1  # the second call kept the finished run
   assert "kept" in lines[-1]
   run = json.loads((tmp_path / "work" / "fake" / "run.json").read_text())
   assert run["exit_code"] == 0 and run["command"].startswith("python -m fake_experiment")
-  results_md.run_missing([fake], work, rerun=["fake"], progress=lines.append)
+  launch.run_missing([fake], work, rerun=["fake"], progress=lines.append)
   assert count() == 1  # rerun starts from scratch: the folder was removed, then written anew
   assert "done in" in lines[-1]
 
@@ -56,14 +58,14 @@ def test_a_failed_experiment_is_reported_and_not_finished(tmp_path, fake, monkey
   monkeypatch.setenv("FAKE_FAIL", "1")
   work = str(tmp_path / "work")
   lines = []
-  assert results_md.run_missing([fake], work, progress=lines.append) == ["fake"]
+  assert launch.run_missing([fake], work, progress=lines.append) == ["fake"]
   assert "FAILED (exit code 3)" in lines[-1]
   assert not results_md.finished(work, fake)
 
 
 def test_compose_gathers_reports_and_copies_plots(tmp_path, fake):
   work = str(tmp_path / "work")
-  results_md.run_missing([fake], work, progress=lambda _: None)
+  launch.run_missing([fake], work, progress=lambda _: None)
   missing = results_md.Experiment("other", "Never run", ("nothing", "--workdir={dir}"))
   out, docs = tmp_path / "RESULTS.md", tmp_path / "docs" / "results"
   text = results_md.compose([fake, missing], work, str(out), str(docs))
@@ -78,7 +80,7 @@ def test_compose_gathers_reports_and_copies_plots(tmp_path, fake):
 
 
 def test_every_listed_experiment_module_exists():
-  for e in results_md.EXPERIMENTS:
+  for e in launch.EXPERIMENTS:
     module = e.argv[0].replace(".", os.sep) + ".py"
     assert os.path.exists(os.path.join(ROOT, module)), module
     for arg in e.argv:
@@ -89,8 +91,8 @@ def test_every_listed_experiment_module_exists():
 
 def test_unknown_experiment_names_are_refused():
   with pytest.raises(ValueError, match="nope.*allowed: overview"):
-    results_md.select(["overview", "nope"])
+    launch.select(["overview", "nope"])
   proc = subprocess.run([sys.executable, "-m", "experiments.results", "--workdir=/tmp/x",
                          "--only=nope"], cwd=ROOT, capture_output=True, text=True)
-  assert proc.returncode == 1
-  assert proc.stderr.strip().startswith("error: experiments ['nope']: unknown")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith("error: flag --only=['nope']: allowed: overview")

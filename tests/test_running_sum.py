@@ -213,11 +213,25 @@ def test_crossover_experiment_quick(tmp_path):
   assert (tmp_path / "crossover.png").exists()
 
 
-def test_bad_flag_is_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "experiments.running_sum",
-                         f"--workdir={tmp_path}", "--max_n=2", "--notrain"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1 and "max_n=2" in proc.stderr.strip().splitlines()[-1]
+def test_bad_settings_name_the_field():
+  with pytest.raises(ValueError, match="max_n=2; must be an int >= 4"):
+    rs.Settings(max_n=2)
+  with pytest.raises(ValueError, match="train_steps=0"):
+    rs.Settings(train_steps=0)
+  with pytest.raises(ValueError, match=r"train_configs=\['gru'\]: unknown"):
+    rs.Settings(train_configs={"gru": None})
+  with pytest.raises(ValueError, match="max_t=0"):
+    co.Settings(max_t=0)
+  with pytest.raises(ValueError, match="chunk_size=0"):
+    co.Settings(chunk_size=0)
+
+
+def test_run_writes_before_training(tmp_path):
+  out = rs.run(rs.Settings(max_n=8, repeats=1), str(tmp_path), progress=lambda _: None)
+  assert {r["n"] for r in out["rows"]} == {4, 8} and out["training"] == []
+  assert "Sequential depth (" in out["markdown"]
+  saved = json.load(open(tmp_path / "results.json"))
+  assert saved["settings"]["max_n"] == 8 and saved["context"]["jax"]
 
 
 @pytest.mark.slow

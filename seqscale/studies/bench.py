@@ -29,6 +29,7 @@ import numpy as np
 
 from seqscale import models
 from seqscale import outputs
+from seqscale.checks import check_int
 from seqscale.analysis import cost
 from seqscale.analysis import timing
 from seqscale.analysis.timing import measure_group
@@ -68,6 +69,24 @@ class Settings:
   targets: bool = True
   quick: bool = False
 
+  def __post_init__(self):
+    for name in ("tokens", "width", "head_dim", "repeats", "min_repeats", "matmul_size"):
+      check_int(name, getattr(self, name), 1)
+    if not self.lengths:
+      raise ValueError("lengths=(); give lengths T >= 1, e.g. 128,512")
+    for t in self.lengths:
+      check_int("lengths", t, 1)
+    if self.width % self.head_dim:
+      raise ValueError(f"width={self.width}: must be divisible by head_dim={self.head_dim}")
+    bad = [d for d in self.dtypes if d not in DTYPES]
+    if bad or not self.dtypes:
+      raise ValueError(f"dtypes={','.join(self.dtypes)}: allowed: {', '.join(DTYPES)}")
+    known = set(models.names()) | {"attention", "mha"}
+    unknown = sorted(set(self.layers or ()) - known)
+    if unknown:
+      raise ValueError(f"layers={','.join(unknown)}: unknown; allowed: "
+                       f"{', '.join(sorted(known))}")
+
 
 QUICK = Settings(lengths=(128,), bf16_lengths=None, tokens=512, width=64, head_dim=32,
                  dtypes=("float32",), repeats=3, group_seconds=2.0, max_call_s=1.0,
@@ -86,7 +105,8 @@ def _meta(layer: str, T: int, B: int, D: int, dtype: str, pass_: str, tokens: in
           "tokens": tokens}
 
 
-def _group_kw(s: Settings) -> dict[str, Any]:
+def group_kwargs(s: Settings) -> dict[str, Any]:
+  """``s``'s keywords of ``timing.measure_group``."""
   return dict(repeats=s.repeats, min_repeats=s.min_repeats, group_seconds=s.group_seconds,
               memory_limit=s.memory_limit, max_call_s=s.max_call_s)
 
@@ -106,7 +126,7 @@ def matmul_rows(s: Settings, rng: np.random.Generator,
   for dtype in s.dtypes:
     group = measure_group(matmul_candidates(n, dtype, rng),
                           _meta("matmul", n, n, n, dtype, "fwd", None), progress=progress,
-                          **_group_kw(s))
+                          **group_kwargs(s))
     for row in group:
       row["flops_per_s"] = row["median_s"] and 2.0 * n ** 3 / row["median_s"]
     rows += group
@@ -183,7 +203,7 @@ def grid_rows(s: Settings, rng: np.random.Generator,
               rows.append(row)
             else:
               keep.append(c)
-          group = measure_group(keep, meta, progress=progress, **_group_kw(s))
+          group = measure_group(keep, meta, progress=progress, **group_kwargs(s))
           for row in group:
             if row["median_s"] and row["median_s"] > s.max_call_s:
               slow[(name, dtype, pass_, row["impl"])] = (T, row["median_s"])
@@ -217,7 +237,7 @@ def target_rows(s: Settings, rng: np.random.Generator, peak_flops: float | None 
   """
   q = s.quick
   rows, verdicts = [], []
-  kw = dict(_group_kw(s), max_call_s=math.inf)
+  kw = dict(group_kwargs(s), max_call_s=math.inf)
   # 1. lstm / gru forward+backward against torch.nn's.
   B, T, D = (8, 128, 64) if q else (32, 512, 256)
   rs = dataclasses.replace(s, width=D)
@@ -311,21 +331,6 @@ def target_rows(s: Settings, rng: np.random.Generator, peak_flops: float | None 
 
 def measure(s: Settings = Settings(), progress: Progress | None = None) -> dict[str, Any]:
   """Matmul peak, the grid and (``s.targets``) the targets: one dict for ``save``."""
-  for name, value in (("tokens", s.tokens), ("width", s.width), ("repeats", s.repeats),
-                      ("min_repeats", s.min_repeats), ("matmul_size", s.matmul_size)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name}={value!r}; must be an int >= 1")
-  if not s.lengths or any(not isinstance(t, int) or t < 1 for t in s.lengths):
-    raise ValueError(f"lengths={s.lengths!r}; must be ints >= 1")
-  if s.width % s.head_dim:
-    raise ValueError(f"width={s.width} must be divisible by head_dim={s.head_dim}")
-  bad = [d for d in s.dtypes if d not in DTYPES]
-  if bad or not s.dtypes:
-    raise ValueError(f"dtypes={s.dtypes!r}; allowed: {', '.join(DTYPES)}")
-  known = set(models.names()) | {"attention", "mha"}
-  unknown = sorted(set(s.layers or ()) - known)
-  if unknown:
-    raise ValueError(f"layers {unknown}; allowed: {', '.join(sorted(known))}")
   rng = np.random.default_rng(0)
   notes = []
   if torch_module() is None:

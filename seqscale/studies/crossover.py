@@ -1,10 +1,13 @@
 """Where the associative scan overtakes the sequential one: ``ops.linear_recurrence`` timed
 in its three modes (sequential, associative, chunked) over T, forward and
-forward+backward, in one process. Shapes: B batch, T length, D width.
+forward+backward, in one process: ``run(settings, workdir)`` writes ``results.json``
+(rows and the crossover), ``results.md`` and ``crossover.png``.
+Shapes: B batch, T length, D width.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Iterable, Sequence
 
@@ -27,6 +30,25 @@ CROSSOVER_KEYS = ("mode", "pass", "T", "B", "D", "chunk_size", "run_s", "compile
 
 
 PASSES = ("fwd", "fwd_bwd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` times. Defaults: T = 128 .. 65,536 (about 11 min on 2 shared CPU cores)."""
+  max_t: int = 65_536  # longest T (128, 256, ... and max_t)
+  batch: int = 4  # B
+  width: int = 64  # D
+  chunk_size: int = 64  # steps per chunk in mode chunked
+  repeats: int = 5  # timed runs per measurement (median reported)
+  quick: bool = False  # recorded only: the entry point's --quick
+
+  def __post_init__(self):
+    check_int("max_t", self.max_t, 128)
+    for name in ("batch", "width", "chunk_size", "repeats"):
+      check_int(name, getattr(self, name), 1)
+
+
+QUICK = Settings(max_t=4096, quick=True)
 
 
 def crossover_lengths(max_t: int, start: int = 128) -> list[int]:
@@ -192,3 +214,22 @@ def save_crossover(workdir: str, rows: Sequence[dict[str, Any]], *,
   if rows:
     plot_crossover(rows, os.path.join(workdir, "crossover.png"))
   return md
+
+
+def run(settings: Settings, workdir: str,
+        progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+  """``crossover`` over ``crossover_lengths(settings.max_t)``, then ``save_crossover``.
+
+  Returns ``{"markdown", "rows", "context"}``.
+  """
+  workdir = outputs.prepare_workdir(workdir)
+  s = settings
+  ts = crossover_lengths(s.max_t)
+  rows = crossover(ts, B=s.batch, D=s.width, chunk_size=s.chunk_size, repeats=s.repeats,
+                   progress=progress)
+  recorded = {"ts": ts, "B": s.batch, "D": s.width, "chunk_size": s.chunk_size,
+              "repeats": s.repeats, "dtype": "float32", "quick": s.quick,
+              "inputs": "a uniform in [0.9, 1), b standard normal"}
+  context = outputs.run_context(seed=0, dtype="float32")
+  md = save_crossover(workdir, rows, settings=recorded, context=context)
+  return {"markdown": md, "rows": rows, "context": context}

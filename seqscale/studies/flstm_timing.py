@@ -18,16 +18,18 @@ what is compared here):
   ``depth_per_step``: its growth per time step; ``step_depth``: the depth of one cell step.
 
 The parameters go in as arguments, not closed-over constants, so the compiler cannot fold
-them (e.g. multiply an F-LSTM's factors back together).
+them (e.g. multiply an F-LSTM's factors back together). ``run(settings, workdir)`` compares
+and writes ``results.json``, ``results.md`` and ``flstm_timing.png``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +38,35 @@ from flax import nnx
 
 from seqscale import models
 from seqscale import outputs
-from seqscale.analysis import _jaxpr
 from seqscale.analysis import cost
 from seqscale.analysis import depth
 from seqscale.analysis import timing
+from seqscale.checks import check_int
 from seqscale.models import factorized_lstm as fl
 from seqscale.ops import recurrent as rec_ops
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` compares. Defaults: about 40 s on 2 CPU cores."""
+  width: int = 512  # hidden width D of every model
+  in_features: int | None = None  # input width I; None: width
+  rank: int | None = None  # F-LSTM rank r; None: width // 4
+  num_groups: int = 4  # G-LSTM groups G
+  batch_size: int = 32  # B
+  lengths: tuple[int, ...] = (64, 128)  # T
+  repeats: int = 20  # timed runs per model (median, round-robin)
+
+  def __post_init__(self):
+    for name in ("width", "num_groups", "batch_size", "repeats"):
+      check_int(name, getattr(self, name), 1)
+    for name in ("in_features", "rank"):
+      if getattr(self, name) is not None:
+        check_int(name, getattr(self, name), 1)
+    if not self.lengths:
+      raise ValueError("lengths=(); give lengths T >= 1, e.g. 64,128")
+    for t in self.lengths:
+      check_int("lengths", t, 1)
 
 
 def _variants(width: int, in_features: int, rank: int, num_groups: int
@@ -67,22 +92,6 @@ def _step_args(cell: Any, p: dict[str, Any], batch_size: int, width: int,
   xw = (fl.glstm_project(jnp.zeros((batch_size, in_features)), p) if cell is fl.glstm_cell
         else jnp.zeros((batch_size, 4 * width)))
   return carry, xw
-
-
-def scan_lengths(f: Any, *args: Any) -> list[int]:
-  """The lengths of every ``scan`` in ``jax.make_jaxpr(f)(*args)``, nested calls included."""
-  found = []
-
-  def walk(jaxpr):
-    for eqn in _jaxpr.open_jaxpr(jaxpr)[0].eqns:
-      if eqn.primitive.name == "scan":
-        found.append(int(eqn.params["length"]))
-      for sub in eqn.params.values():
-        if isinstance(sub, (_jaxpr.Jaxpr, _jaxpr.ClosedJaxpr)):
-          walk(sub)
-
-  walk(jax.make_jaxpr(f)(*args))
-  return found
 
 
 def compare(width: int = 512, in_features: int | None = None, rank: int | None = None,
@@ -119,7 +128,7 @@ def compare(width: int = 512, in_features: int | None = None, rank: int | None =
           "flops_per_step": cost.flops(forward, p, x) / T,
           "serial_flops_per_step": serial,
           "compile_s": times.compile_s,
-          "scan_steps": max(scan_lengths(forward, p, x), default=0),
+          "scan_steps": max(depth.scan_lengths(forward, p, x), default=0),
           "xla_loop_trips": max(depth.loop_trip_counts(forward, p, x), default=0),
           "sequential_depth": depth.sequential_depth(forward, p, x),
           "step_depth": step_depth,
@@ -186,3 +195,17 @@ def write(rows: list[dict[str, Any]], workdir: str, context: dict[str, Any]) -> 
   outputs.write_json(os.path.join(workdir, "results.json"), {"rows": rows, "context": context})
   plot(rows, os.path.join(workdir, "flstm_timing.png"))
   return table
+
+
+def run(settings: Settings, workdir: str,
+        progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+  """``compare`` with ``settings``, then ``write``; returns ``{"markdown", "rows",
+  "context"}``."""
+  workdir = outputs.prepare_workdir(workdir)
+  recorded = dataclasses.asdict(settings)
+  rows = compare(**{k: (list(v) if k == "lengths" else v) for k, v in recorded.items()})
+  context = outputs.run_context(settings=recorded, dtype="float32")
+  md = write(rows, workdir, context)
+  if progress is not None:
+    progress(f"wrote {workdir}/results.json, results.md and flstm_timing.png")
+  return {"markdown": md, "rows": rows, "context": context}

@@ -66,14 +66,25 @@ class Settings:
   warmup_steps: int = 100  # depend on max_steps), gradient norm clipped at 1
   data_seed: int = 0  # seed of the generated data (the same for every model and seed)
 
+  def __post_init__(self):
+    _names("tasks", self.tasks, TASKS)
+    _names("models", self.models, MODELS)
+    _ints("lengths", self.lengths, 2)
+    if not self.lengths:
+      raise ValueError("lengths=(); give integers >= 2, e.g. 100,200")
+    for name in ("seeds", "max_steps", "eval_every", "batch_size", "num_train", "num_eval",
+                 "hidden", "warmup_steps", "data_seed"):
+      _ints(name, getattr(self, name), 0 if name in ("warmup_steps", "data_seed") else 1)
+    if not (isinstance(self.max_train_s, (int, float)) and self.max_train_s >= 0):
+      raise ValueError(f"max_train_s={self.max_train_s!r}; must be a number >= 0 "
+                       "(0: no limit)")
+    if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+      raise ValueError(f"learning_rate={self.learning_rate!r}; must be a number > 0")
+
   def training_key(self) -> dict[str, Any]:
     """The fields a cell's result depends on (a finished cell is reused only if they match)."""
     skip = ("tasks", "lengths", "models", "seeds")
     return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-
-QUICK = Settings(lengths=(20, 40), models=("lstm", "transformer"), seeds=1, max_steps=300,
-                 eval_every=50, num_train=512, num_eval=64)
 
 
 def _ints(flag: str, values: Any, minimum: int) -> tuple[int, ...]:
@@ -98,11 +109,16 @@ def _names(flag: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[st
   return tuple(dict.fromkeys(values))
 
 
+QUICK = Settings(lengths=(20, 40), models=("lstm", "transformer"), seeds=1, max_steps=300,
+                 eval_every=50, num_train=512, num_eval=64)
+
+
 def make_settings(quick: bool = False, **overrides: Any) -> Settings:
-  """``Settings`` (``QUICK`` with ``quick``) with the non-None ``overrides``, validated.
+  """``Settings`` (``QUICK`` with ``quick``) with the non-None ``overrides`` (lists of
+  names and lengths may be strings, as flags give them), validated.
 
   Raises:
-    ValueError: naming the flag (``--tasks``, ``--lengths``, ...), the value and what is
+    ValueError: naming the field (``tasks``, ``lengths``, ...), the value and what is
       allowed.
   """
   base = QUICK if quick else Settings()
@@ -110,20 +126,12 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
   unknown = sorted(set(given) - {f.name for f in dataclasses.fields(Settings)})
   if unknown:
     raise ValueError(f"unknown settings {unknown}")
-  s = dataclasses.replace(base, **given)
-  s = dataclasses.replace(
-      s, tasks=_names("--tasks", s.tasks, TASKS), models=_names("--models", s.models, MODELS),
-      lengths=_ints("--lengths", s.lengths, 2))
-  if not s.lengths:
-    raise ValueError("--lengths is empty; give integers >= 2, e.g. 100,200")
-  for flag in ("seeds", "max_steps", "eval_every", "batch_size", "num_train", "num_eval",
-               "hidden", "warmup_steps", "data_seed"):
-    _ints(f"--{flag}", getattr(s, flag), 0 if flag in ("warmup_steps", "data_seed") else 1)
-  if not (isinstance(s.max_train_s, (int, float)) and s.max_train_s >= 0):
-    raise ValueError(f"--max_train_s={s.max_train_s!r}; must be a number >= 0 (0: no limit)")
-  if not (isinstance(s.learning_rate, (int, float)) and s.learning_rate > 0):
-    raise ValueError(f"--learning_rate={s.learning_rate!r}; must be a number > 0")
-  return s
+  for name, allowed in (("tasks", TASKS), ("models", MODELS)):
+    if name in given:
+      given[name] = _names(name, given[name], allowed)
+  if "lengths" in given:
+    given["lengths"] = _ints("lengths", given["lengths"], 2)
+  return dataclasses.replace(base, **given)
 
 
 def model_hparams(model: str, seq_len: int, hidden: int = 64) -> dict[str, Any]:

@@ -16,7 +16,9 @@ Six sections, each a call into the library that the full experiments make at ful
    critical path does not (``seqscale.studies.sharding``; on a CPU with one device the
    2 devices are forced host devices in a subprocess);
 5. ``training``: the four families trained briefly on ``running_sum``, accuracy at the
-   training length and at 4x (``seqscale.train``).
+   training length and at 4x (``seqscale.train``; the trainer configs come in
+   ``Settings.train_configs``, built by the experiment from
+   ``experiments/configs/running_sum.py``).
 
 ``run`` writes ``overview.md`` (tables and plots), ``results.json`` and the PNGs, prints a
 progress line per section and the summary table at the end. The report text lives in
@@ -26,10 +28,7 @@ progress line per section and the summary table at the end. The report text live
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,6 +36,7 @@ import jax
 import numpy as np
 
 from seqscale import outputs
+from seqscale import train
 from seqscale.analysis import timing
 from seqscale.studies import bench
 from seqscale.studies import bench_peers
@@ -46,13 +46,16 @@ from seqscale.studies import table1
 
 Row = dict[str, Any]
 Progress = Callable[[str], None]
-TrainFn = Callable[[Any, str], Row]  # (config, workdir) -> results, as train_and_evaluate
 
 SECTIONS = ("running_sum", "connectivity", "table1", "step_time", "sharding", "training")
 STEP_MODELS = ("lstm", "wavenet", "transformer", "mingru")
 SHARDING_STRATEGIES = ("attention_compiler", "lstm_carry_passing")
 TABLE1_LAYERS = ("self_attention", "lstm", "conv", "dilated_conv",
                  "linear_recurrence_associative")
+# Peak learning rates (measured, 1,000 steps of running_sum:quick): the LSTM reaches 0.99
+# at 1e-2 but only 0.32 at the config's 3e-3; the Transformer does better at 3e-3 (0.31)
+# than at 1e-2 (0.13); wavenet and mingru stay near chance (0.13-0.18) at either.
+LEARNING_RATES = {"lstm": 1e-2, "wavenet": 1e-2, "mingru": 1e-2, "transformer": 3e-3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Settings:
   depth_ns: tuple[int, ...] = (4, 16, 64, 256, 1024, 4096)  # running-sum n
   attention_max_n: int = 1024  # attention's [n, n] scores: not run above
   connectivity_T: int = 32  # positions of the connectivity pictures
-  table1: table1.Config = table1.Config(
+  table1: table1.Settings = table1.Settings(
       layers=TABLE1_LAYERS, n_values=(16, 64, 256), d_fixed=16, d_values=(16, 64),
       n_fixed=256, path_max_n=0, heads=2, regime=4)  # path lengths: experiments.table1
   step_models: tuple[str, ...] = STEP_MODELS
@@ -72,6 +75,13 @@ class Settings:
   sharding_devices: int = 2
   sharding_T: int = 256
   repeats: int = 3  # timed runs (median)
+  # Model name -> trainer ConfigDict (running_sum :quick,<model>) of the training section.
+  train_configs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  train_steps: int = 1000  # training steps per model
+  quick: bool = False  # smaller training data (T = 8) for a smoke run
+
+  def __post_init__(self):
+    self.check()
 
   def check(self) -> None:
     """Raises ``ValueError`` naming the field, its value and what is allowed."""
@@ -88,7 +98,8 @@ class Settings:
     if unknown:
       raise ValueError(f"step_models={list(self.step_models)}: allowed {STEP_MODELS}")
     for field, minimum in (("step_tokens", 1), ("step_width", 16), ("repeats", 1),
-                           ("sharding_devices", 2), ("attention_max_n", 1)):
+                           ("sharding_devices", 2), ("attention_max_n", 1),
+                           ("train_steps", 1)):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{field}={value!r}: must be an int >= {minimum}")
@@ -97,15 +108,15 @@ class Settings:
     if self.sharding_T % (2 * self.sharding_devices):
       raise ValueError(f"sharding_T={self.sharding_T}: must be a multiple of 2 x "
                        f"sharding_devices = {2 * self.sharding_devices}")
-    table1.validate(self.table1)
 
 
 QUICK = Settings(
     depth_ns=(4, 16, 64), attention_max_n=64, connectivity_T=8,
-    table1=table1.Config(layers=("self_attention", "lstm", "conv"), n_values=(8, 32),
-                         d_fixed=8, d_values=(8, 16), n_fixed=32, path_max_n=0, heads=2,
-                         regime=2),
-    step_lengths=(16,), step_tokens=256, step_width=16, sharding_T=32, repeats=1)
+    table1=table1.Settings(layers=("self_attention", "lstm", "conv"), n_values=(8, 32),
+                           d_fixed=8, d_values=(8, 16), n_fixed=32, path_max_n=0, heads=2,
+                           regime=2),
+    step_lengths=(16,), step_tokens=256, step_width=16, sharding_T=32, repeats=1,
+    train_steps=20, quick=True)
 
 
 # ------------------------------------------------------------------------------ sections
@@ -137,7 +148,7 @@ def section_connectivity(s: Settings, workdir: str, progress: Progress) -> Row:
 def section_table1(s: Settings, workdir: str, progress: Progress) -> Row:
   """Table 1 on ``s.table1`` (written in full to ``workdir/table1``)."""
   out = table1.run(s.table1, os.path.join(workdir, "table1"),
-                   log=lambda line: progress(line) if " n=" in line else None)
+                   progress=lambda line: progress(line) if " n=" in line else None)
   return {"rows": out["rows"], "cells": out["cells"], "config": dataclasses.asdict(s.table1),
           "plots": [os.path.join("table1", p) for p in out["plots"]
                     if p in ("depth_vs_n.png", "flops_vs_n.png")]}
@@ -157,25 +168,10 @@ def section_step_time(s: Settings, workdir: str, progress: Progress) -> Row:
                                                peers=False)
         meta = {"layer": name, "T": T, "B": B, "D": s.step_width, "dtype": "float32",
                 "pass": pass_, "tokens": tokens}
-        rows += timing.measure_group(cands, meta, progress=progress, **_group_kw(b))
+        rows += timing.measure_group(cands, meta, progress=progress, **bench.group_kwargs(b))
   from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
   overview_report.plot_step_time(rows, os.path.join(workdir, "step_time.png"))
   return {"rows": rows, "plots": ["step_time.png"]}
-
-
-def _group_kw(b: bench.Settings) -> dict[str, Any]:
-  return dict(repeats=b.repeats, min_repeats=b.min_repeats, group_seconds=b.group_seconds,
-              memory_limit=b.memory_limit, max_call_s=b.max_call_s)
-
-
-_CHILD = """
-import json, sys
-from seqscale.studies import sharding
-a = json.loads(sys.argv[1])
-rows = [sharding.measure(name, n, sharding.Sizes(**a["sizes"]), repeats=a["repeats"])
-        for n in a["counts"] for name in a["strategies"]]
-print("ROWS " + json.dumps(rows))
-"""
 
 
 def sharding_rows(counts: Sequence[int], strategies: Sequence[str], sizes: sharding.Sizes,
@@ -193,18 +189,7 @@ def sharding_rows(counts: Sequence[int], strategies: Sequence[str], sizes: shard
   if jax.default_backend() != "cpu":
     raise ValueError(f"sharding_devices={need}: only {jax.device_count()} "
                      f"{jax.default_backend()} devices here")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
-                      + f" --xla_force_host_platform_device_count={need}").strip()
-  arg = json.dumps({"counts": list(counts), "strategies": list(strategies),
-                    "sizes": dataclasses.asdict(sizes), "repeats": repeats})
-  proc = subprocess.run([sys.executable, "-c", _CHILD, arg], env=env, capture_output=True,
-                        text=True, check=False)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("ROWS ")]
-  if proc.returncode or not lines:
-    raise RuntimeError(f"the {need}-device sharding subprocess failed (exit "
-                       f"{proc.returncode}): {proc.stderr[-2000:]}")
-  return [dict(r, forced_cpu_devices=need) for r in json.loads(lines[-1][5:])]
+  return sharding.subprocess_rows(counts, strategies, sizes, repeats=repeats)
 
 
 def section_sharding(s: Settings, workdir: str, progress: Progress) -> Row:
@@ -224,17 +209,32 @@ def section_sharding(s: Settings, workdir: str, progress: Progress) -> Row:
   return {"rows": rows, "T": s.sharding_T, "plots": ["sharding.png"]}
 
 
-def section_training(configs: Mapping[str, Any], train_fn: TrainFn, workdir: str,
-                     progress: Progress) -> Row:
-  """``train_fn(config, workdir/train/<name>)`` for each (model name -> config).
+def training_configs(s: Settings) -> dict[str, Any]:
+  """``s.train_configs`` set for the overview: ``s.train_steps`` steps, ``LEARNING_RATES``,
+  one device, and with ``s.quick`` a tiny dataset (T = 8)."""
+  configs = {}
+  for name, base in s.train_configs.items():
+    config, steps = base.copy_and_resolve_references(), s.train_steps
+    config.num_steps = steps
+    config.optimizer.learning_rate = LEARNING_RATES.get(name, config.optimizer.learning_rate)
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, max(steps // 10, 1))
+    config.checkpoint_every = steps
+    config.log_every = max(1, min(config.log_every, steps // 4))
+    config.parallel.num_devices = 1
+    if s.quick:
+      config.task.num_train, config.task.num_eval = 256, 64
+      config.task.length, config.batch_size, config.eval_batch_size = 8, 8, 16
+    configs[name] = config
+  return configs
 
-  ``train_fn`` is ``seqscale.train.train_and_evaluate`` (passed in: ``train`` sits above
-  ``analysis``); a finished run resumes at its end, so rerunning re-trains nothing.
-  """
+
+def section_training(s: Settings, workdir: str, progress: Progress) -> Row:
+  """``train.train_and_evaluate`` of each ``training_configs(s)`` into
+  ``workdir/train/<name>``; a finished run resumes at its end, so a rerun re-trains nothing."""
   rows = []
-  for name, config in configs.items():
+  for name, config in training_configs(s).items():
     start = time.perf_counter()
-    results = train_fn(config, os.path.join(workdir, "train", name))
+    results = train.train_and_evaluate(config, os.path.join(workdir, "train", name))
     row = running_sum.training_row(name, config.model.hparams.to_dict(), results)
     rows.append(row)
     progress(f"{name}: accuracy {row['accuracy']:.3f} at T={row['train_length']}, "
@@ -248,35 +248,29 @@ def section_training(configs: Mapping[str, Any], train_fn: TrainFn, workdir: str
 # ------------------------------------------------------------------------------ the run
 
 
-def run(settings: Settings, workdir: str, *, train_configs: Mapping[str, Any] | None = None,
-        train_fn: TrainFn | None = None, context: Mapping[str, Any] | None = None,
-        progress: Progress = print) -> Row:
+def run(settings: Settings, workdir: str, progress: Progress = print) -> Row:
   """Runs the sections, writes ``overview.md``, ``results.json`` and PNGs; returns results.
 
   Args:
-    settings: what to measure.
+    settings: what to measure; its ``train_configs`` must not be empty when ``training``
+      is among the sections.
     workdir: output directory (created).
-    train_configs: model name -> trainer config for the ``training`` section (the
-      experiment builds them from ``experiments/configs/running_sum.py``); required when
-      ``training`` is among the sections.
-    train_fn: ``seqscale.train.train_and_evaluate``, required with ``train_configs``.
-    context: versions, devices, git commit (``seqscale.train.context.run_context()``).
     progress: called with one line per step of the work.
   """
   from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
-  settings.check()
-  if "training" in settings.sections and not (train_configs and train_fn):
-    raise ValueError("the training section needs train_configs (model name -> config) and "
-                     "train_fn (seqscale.train.train_and_evaluate)")
+  if "training" in settings.sections and not settings.train_configs:
+    raise ValueError("train_configs={}: the training section needs them (model name -> "
+                     "trainer config), or leave training out of sections")
   workdir = outputs.prepare_workdir(workdir)
   fns = {"running_sum": section_running_sum, "connectivity": section_connectivity,
-         "table1": section_table1,
-         "step_time": section_step_time, "sharding": section_sharding,
-         "training": lambda s, w, p: section_training(train_configs, train_fn, w, p)}
+         "table1": section_table1, "step_time": section_step_time,
+         "sharding": section_sharding, "training": section_training}
   start = time.perf_counter()
-  results: Row = {"experiment": "overview", "settings": outputs.json_safe(dataclasses.asdict(settings)),
-                  "context": dict(context or outputs.run_context()), "sections": {},
-                  "seconds": {}}
+  recorded = dataclasses.asdict(dataclasses.replace(settings, train_configs={}))
+  recorded["train_configs"] = {k: c.to_dict() for k, c in training_configs(settings).items()}
+  results: Row = {"experiment": "overview", "settings": outputs.json_safe(recorded),
+                  "context": outputs.run_context(seed=0, quick=settings.quick),
+                  "sections": {}, "seconds": {}}
   names = [n for n in SECTIONS if n in settings.sections]
   for i, name in enumerate(names, 1):
     progress(f"[overview {i}/{len(names)}] {name}: {overview_report.TITLES[name]} ...")

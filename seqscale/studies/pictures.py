@@ -13,16 +13,18 @@ so ``C[t, s] > 0`` exactly where output t depends on input s. Four layer types:
   rnn            Elman (tanh) RNN: every s <= t after one layer, through t - s serial steps
                  (the colour fades with t - s: the gradient shrinks along the chain).
 
-**Attention maps.** ``attention_weights`` reruns a ``transformer`` (or ``transformer_lm``)
-layer by layer and recomputes each layer's softmax weights from its own query and key
-projections, without touching the model code.
+**Attention maps.** ``attention_weights`` asks a ``transformer`` (or ``transformer_lm``)
+for each layer's softmax weights through the model's public ``attention_weights``.
 
 Shapes: B batch, T length (queries), S keys, D width, H heads, K head dim, L layers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqscale import outputs
+from seqscale.checks import check_int
 from seqscale.ops import attention as attn_ops
 from seqscale.ops import conv as conv_ops
 from seqscale.ops import recurrent
@@ -39,6 +42,29 @@ KINDS = ("attention", "conv", "dilated_conv", "rnn")
 LABELS = {"attention": "causal self-attention", "conv": "causal conv, kernel 3",
           "dilated_conv": "dilated causal conv, kernel 2 (WaveNet)", "rnn": "Elman RNN (tanh)"}
 _NUM_HEADS = 2
+TASKS = ("copy_memory", "algorithmic")  # tasks the Transformer of the attention maps learns
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` draws. Defaults: about 3 min on 2 CPU cores (35 s without training)."""
+  length: int = 32  # T of the connectivity pictures
+  max_layers: int = 4  # columns L = 1..max_layers
+  width: int = 8  # D of the random stacks
+  seed: int = 0  # random weights and inputs of the stacks
+  task: str = "copy_memory"  # in TASKS: what the Transformer of the attention maps learns
+  # Its trainer ConfigDict (experiments/configs/<task>.py); None: no training, no maps.
+  train_config: Any = None
+  num_steps: int | None = None  # training steps; None: the config's
+
+  def __post_init__(self):
+    for name in ("length", "max_layers", "width"):
+      check_int(name, getattr(self, name), 1)
+    check_int("seed", self.seed, 0)
+    if self.num_steps is not None:
+      check_int("num_steps", self.num_steps, 1)
+    if self.task not in TASKS:
+      raise ValueError(f"task={self.task!r}; allowed: {', '.join(TASKS)}")
 
 
 def _check(kind: str, num_layers: int, T: int, width: int) -> None:
@@ -65,7 +91,8 @@ def _layer(kind: str, index: int, D: int, key: Array) -> Callable[[Array], Array
 
     def attend(x_BTD):
       q, k, v = (attn_ops.project_heads(x_BTD, w) for w in (wq, wk, wv))
-      return attn_ops.merge_heads(attn_ops.dot_product_attention(q, k, v, causal=True), wo)
+      return attn_ops.merge_heads(attn_ops.attention(q, k, v, impl="reference", causal=True),
+                                  wo)
     return attend
   if kind == "rnn":
     params = {"w_ih": _normal(k1, (D, D), D), "w_hh": _normal(k2, (D, D), D),
@@ -254,10 +281,10 @@ def attention_weights(transformer: Any, x_BTI: Array, mask: Array | None = None
                       ) -> list[np.ndarray]:
   """Self-attention weights of every layer of a ``transformer`` (or ``transformer_lm``).
 
-  Runs the stack layer by layer; each layer's weights are recomputed from its normed input
-  with ``self_attn.project_q`` / ``project_kv``, the layer's own mask (causal, local window,
-  padding) and softmax over keys. Dropout is not applied: call ``model.eval()`` first if
-  the model has any.
+  The model's public ``attention_weights`` runs the stack layer by layer and computes each
+  layer's softmax weights (``ops.attention.attention_weights``) with the layer's own mask
+  (causal, local window, padding). Dropout is not applied to the weights: call
+  ``model.eval()`` first if the model has any.
 
   Args:
     transformer: a ``seqscale.models.transformer.Transformer`` (then ``x_BTI`` are features
@@ -269,30 +296,11 @@ def attention_weights(transformer: Any, x_BTI: Array, mask: Array | None = None
     One float32 array [B, H, T, S] per layer (S = T); rows sum to 1 over allowed keys and
     are 0 at masked ones.
   """
-  if getattr(transformer, "interface", None) == "lm":
-    h_BTD = transformer._embed(x_BTI)  # pylint: disable=protected-access
-  elif hasattr(transformer, "stack") and hasattr(transformer, "embed"):
-    h_BTD = transformer.embed(x_BTI)
-  else:
+  if not callable(getattr(transformer, "attention_weights", None)):
     raise ValueError(f"transformer={type(transformer).__name__}: expected a 'transformer' "
-                     "or 'transformer_lm' model (with .embed and .stack)")
-  s = transformer.stack
-  h_BTD = s._add_positions(h_BTD, 0)  # pylint: disable=protected-access
-  T = h_BTD.shape[1]
-  out = []
-  for layer in s.layers:
-    a = layer.self_attn
-    n_BTD = layer._pre(h_BTD, layer.self_attn_norm)  # pylint: disable=protected-access
-    q_BTHK = a.project_q(n_BTD)
-    k_BSHK, _ = a.project_kv(n_BTD)
-    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK.astype(jnp.float32),
-                             k_BSHK.astype(jnp.float32)) / math.sqrt(a.head_dim)
-    allowed = attn_ops.make_attention_mask(T, T, causal=layer.causal, key_padding_mask_BS=mask,
-                                           local_window=layer.local_window)
-    weights_BHTS = jax.nn.softmax(jnp.where(allowed, scores_BHTS, -jnp.inf), axis=-1)
-    out.append(np.asarray(jnp.where(allowed, jnp.nan_to_num(weights_BHTS), 0.0)))
-    h_BTD = layer(h_BTD, mask_BT=mask)
-  return out
+                     "or 'transformer_lm' model (with .attention_weights)")
+  kw = {} if mask is None else {"mask": mask}
+  return [np.asarray(w) for w in transformer.attention_weights(x_BTI, **kw)]
 
 
 def attention_entropy(weights_BHTS: np.ndarray, example: int = 0) -> np.ndarray:
@@ -379,3 +387,65 @@ def markdown(results: dict[str, Any]) -> str:
               f"eval accuracy {acc}; mean attention entropy (nats) per layer and head: "
               f"{a['entropy_per_layer_head_nats']}"]
   return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- run
+
+def _labels(task: str, tokens: Any) -> list[str]:
+  if task == "copy_memory":  # symbols 1..8, blank 9, delimiter 10
+    return [{9: "_", 10: ":"}.get(int(t), str(int(t))) for t in tokens]
+  return [str(int(t)) for t in tokens]
+
+
+def draw_attention(settings: Settings, workdir: str) -> dict[str, Any]:
+  """Trains ``settings.train_config`` into ``workdir/<task>`` (a second run resumes),
+  restores the Transformer and draws ``attention_maps.png``; returns its numbers."""
+  from seqscale import train  # pylint: disable=g-import-not-at-top  # only when training
+  config, task = settings.train_config.copy_and_resolve_references(), settings.task
+  if settings.num_steps is not None:
+    config.num_steps = settings.num_steps
+    config.checkpoint_every = min(config.checkpoint_every, settings.num_steps)
+  run_dir = os.path.join(workdir, task)
+  t0 = time.perf_counter()
+  trained = train.train_and_evaluate(config, run_dir)
+  model, step = train.restore_model(config, run_dir)
+  batch = train.get_task(config.task.to_dict()).dataset("test", batch_size=1,
+                                                        seed=config.seed)[0]
+  weights = attention_weights(model.backbone, model.embed(batch["inputs"]), mask=batch["mask"])
+  plot_attention_maps(os.path.join(workdir, "attention_maps.png"), weights,
+                      tokens=_labels(task, batch["inputs"][0]),
+                      title=f"{task}: causal Transformer after {step} steps, one test example")
+  return {"task": task, "checkpoint_step": step, "eval": trained["eval"],
+          "train_time_s": trained["train_time_s"], "time_s": time.perf_counter() - t0,
+          "inputs": batch["inputs"][0].tolist(),
+          "entropy_per_layer_head_nats": [attention_entropy(w).round(3).tolist()
+                                          for w in weights],
+          # For each layer and head: the key each query attends to most.
+          "argmax_key_per_query": [np.asarray(w[0]).argmax(-1).tolist() for w in weights],
+          "config": config.to_dict()}
+
+
+def run(settings: Settings, workdir: str,
+        progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+  """Draws ``connectivity.png`` and (with a ``train_config``) ``attention_maps.png``;
+  writes ``results.json`` and ``pictures.md``. Returns the results with ``markdown``."""
+  workdir = outputs.prepare_workdir(workdir)
+  s, start = settings, time.perf_counter()
+  table = plot_connectivity(os.path.join(workdir, "connectivity.png"),
+                            max_layers=s.max_layers, T=s.length, width=s.width, seed=s.seed)
+  results: dict[str, Any] = {"connectivity": {
+      "T": s.length, "width": s.width, "seed": s.seed,
+      "receptive_field_last_output": {k: v["receptive_field"] for k, v in table.items()},
+      "layers_to_connect": {k: v["layers_to_connect"] for k, v in table.items()},
+      "time_s": time.perf_counter() - start}}
+  if progress is not None:
+    progress(f"drew {workdir}/connectivity.png")
+  if s.train_config is not None:
+    results["attention"] = draw_attention(s, workdir)
+  config = results.get("attention", {}).pop("config", None)
+  results["context"] = outputs.run_context(seed=s.seed, dtype="float32", config=config)
+  results["wall_time_s"] = time.perf_counter() - start
+  md = markdown(results)
+  outputs.write_json(os.path.join(workdir, "results.json"), results)
+  outputs.write_text(os.path.join(workdir, "pictures.md"), md)
+  return {**results, "markdown": md}

@@ -1,9 +1,9 @@
-"""RESULTS.md: every experiment run into one workdir, then their reports gathered in one file.
+"""RESULTS.md: every experiment's report gathered in one file.
 
-``run_missing`` runs each experiment of ``EXPERIMENTS`` as ``python -m ...`` into
-``workdir/<name>`` unless it already finished there (its ``results.json`` exists), so a
-stopped regeneration resumes; each run's command, seconds, date, exit code and load average
-go to ``workdir/<name>/run.json`` and its output to ``workdir/<name>.log``. ``compose``
+``EXPERIMENTS`` lists them as data: the command (``python -m ...`` with ``{dir}`` its own
+folder of the workdir), the report and the plots. ``experiments.results`` runs the ones not
+yet ``finished`` (a library module launches no entry point), each writing
+``workdir/<name>/run.json`` (command, seconds, date, exit code, load average). ``compose``
 writes ``RESULTS.md``: per experiment the command, the hardware and versions read from its
 ``results.json``, the date, the run time, its own markdown report and its plots (copied
 into ``docs/results/<name>/`` so the file shows them on GitHub).
@@ -12,19 +12,13 @@ into ``docs/results/<name>/`` so the file shows them on GitHub).
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from seqscale import outputs
-
-Progress = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,63 +38,6 @@ class Experiment:
     return "python -m " + " ".join(self.args(workdir))
 
 
-def _train(config: str, title: str, minutes: float = 1.0) -> Experiment:
-  return Experiment(f"train_{config}_quick", title,
-                    ("experiments.train", f"--config=experiments/configs/{config}.py:quick",
-                     "--workdir={dir}"), minutes=minutes)
-
-
-EXPERIMENTS: tuple[Experiment, ...] = (
-    Experiment("overview", "Overview (the README's main job)",
-               ("experiments.overview", "--workdir={dir}"), report="overview.md", minutes=3.5),
-    Experiment("long_range", "Long-range tasks: adding problem and copy memory",
-               ("experiments.long_range", "--workdir={dir}"), report="long_range.md",
-               plots=("adding_problem.png", "copy_memory.png"), minutes=28),
-    Experiment("pictures", "Pictures: gradient connectivity and attention maps",
-               ("experiments.pictures", "--workdir={dir}"), report="pictures.md",
-               plots=("connectivity.png", "attention_maps.png"), minutes=1.5),
-    Experiment("running_sum", "The seed's running sum, n = 4 .. 100,000, and training",
-               ("experiments.running_sum", "--workdir={dir}"), plots=("running_sum.png",),
-               minutes=3.5),
-    Experiment("crossover", "Sequential against associative scan: the crossover",
-               ("experiments.crossover", "--workdir={dir}"), plots=("crossover.png",),
-               minutes=3.5),
-    Experiment("table1", 'Table 1 of "Attention Is All You Need", measured',
-               ("experiments.table1", "--workdir={dir}"), report="table1.md",
-               plots=("flops_vs_n.png", "depth_vs_n.png", "path_vs_n.png"), minutes=6),
-    Experiment("sharding", "Sequence parallelism on 1, 2, 4, 8 devices",
-               ("experiments.sharding", "--workdir={dir}", "--devices=1,2,4,8"),
-               plots=("flops_per_device.png", "critical_path.png", "timeline.png"), minutes=1),
-    Experiment("flstm_timing", "Factorized and group LSTMs against the LSTM",
-               ("experiments.flstm_timing", "--workdir={dir}"), plots=("flstm_timing.png",),
-               minutes=1),
-    Experiment("bench", "Performance against peers (PyTorch, jax.nn, Flax)",
-               ("experiments.bench", "--workdir={dir}"),
-               plots=("targets.png", "tokens_per_s_float32.png"), minutes=15),
-    _train("running_sum", "Training: running_sum (LSTM), quick"),
-    _train("adding_problem", "Training: adding problem (LSTM), quick"),
-    _train("copy_memory", "Training: copy memory (Transformer), quick"),
-    _train("algorithmic", "Training: algorithmic, quick"),
-    _train("associative_recall", "Training: associative recall, quick"),
-    _train("listops", "Training: listops, quick"),
-    _train("lstm_attention", "Training: RNN encoder-decoder with attention, quick"),
-    _train("memn2n", "Training: end-to-end memory network, quick"),
-    _train("neural_gpu", "Training: Neural GPU, quick"),
-    _train("moe", "Training: mixture of experts, quick"),
-    _train("flstm", "Training: factorized LSTM, quick"),
-)
-
-
-def select(names: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[Experiment]:
-  """The experiments named (default all), less ``skip``; unknown names raise ValueError."""
-  known = {e.name: e for e in EXPERIMENTS}
-  unknown = [n for n in [*(names or []), *skip] if n not in known]
-  if unknown:
-    raise ValueError(f"experiments {unknown}: unknown; allowed: {', '.join(known)}")
-  chosen = [known[n] for n in names] if names else list(EXPERIMENTS)
-  return [e for e in chosen if e.name not in skip]
-
-
 def finished(workdir: str, e: Experiment) -> bool:
   """Its results.json exists, and its recorded run (if any) exited 0: an experiment that
   writes results.json part way (running_sum before its training) is not finished."""
@@ -108,45 +45,6 @@ def finished(workdir: str, e: Experiment) -> bool:
   if os.path.exists(run) and _read(run).get("exit_code") != 0:
     return False
   return os.path.exists(os.path.join(workdir, e.name, "results.json"))
-
-
-def run_missing(experiments: Sequence[Experiment], workdir: str, *,
-                rerun: Sequence[str] = (), progress: Progress = print) -> list[str]:
-  """Runs each experiment not yet finished in ``workdir``, and those in ``rerun`` from
-  scratch (their folder removed first: no resume).
-
-  Returns the names that failed (their output is in ``workdir/<name>.log``); the others
-  still run.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  failed = []
-  for i, e in enumerate(experiments, 1):
-    tag = f"[results {i}/{len(experiments)}] {e.name}"
-    if finished(workdir, e) and e.name not in rerun:
-      progress(f"{tag}: finished earlier in {os.path.join(workdir, e.name)}; kept")
-      continue
-    if e.name in rerun and os.path.isdir(os.path.join(workdir, e.name)):
-      shutil.rmtree(os.path.join(workdir, e.name))  # from scratch: nothing to resume from
-    cmd = e.command(workdir)
-    progress(f"{tag}: {cmd} (about {e.minutes:g} min on 2 CPU cores) ...")
-    load_before, start = outputs.load_average(), time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    os.makedirs(os.path.join(workdir, e.name), exist_ok=True)
-    with open(os.path.join(workdir, f"{e.name}.log"), "w") as log:
-      code = subprocess.run([sys.executable, "-m", *e.args(workdir)], stdout=log,
-                            stderr=subprocess.STDOUT, check=False).returncode
-    seconds = round(time.perf_counter() - start, 1)
-    with open(os.path.join(workdir, e.name, "run.json"), "w") as f:
-      json.dump({"command": cmd, "seconds": seconds, "date": date, "exit_code": code,
-                 "load_average_before": load_before, "load_average_after": outputs.load_average()},
-                f, indent=1)
-    if code or not finished(workdir, e):
-      failed.append(e.name)
-      progress(f"{tag}: FAILED (exit code {code}) after {seconds:.0f} s; see "
-               f"{os.path.join(workdir, e.name)}.log")
-    else:
-      progress(f"{tag}: done in {seconds:.0f} s")
-  return failed
 
 
 # ------------------------------------------------------------------------------ compose
@@ -211,9 +109,10 @@ def _section(e: Experiment, workdir: str, docs_dir: str, docs_rel: str) -> list[
 
 
 def compose(experiments: Sequence[Experiment], workdir: str, out_path: str,
-            docs_dir: str) -> str:
+            docs_dir: str, regenerate: str = "") -> str:
   """Writes ``out_path`` (RESULTS.md) from the experiments' reports in ``workdir`` and copies
-  their plots into ``docs_dir``; returns the text."""
+  their plots into ``docs_dir``; returns the text. ``regenerate``: the command line that
+  reruns what is missing and gathers again (the entry point's), shown at the top."""
   docs_rel = os.path.relpath(docs_dir, os.path.dirname(os.path.abspath(out_path)))
   if os.path.isdir(docs_dir):
     shutil.rmtree(docs_dir)  # plots of experiments no longer listed go too
@@ -224,16 +123,13 @@ def compose(experiments: Sequence[Experiment], workdir: str, out_path: str,
     status = ("not run" if not finished(workdir, e) else
               f"{run['seconds'] / 60:.1f} min, {run['date']}" if run.get("seconds") else "run")
     rows.append(f"| [{e.title}](#{_anchor(e.title)}) | `{e.command()}` | {status} |")
-  names = ",".join(e.name for e in experiments)
-  everything = len(experiments) == len(EXPERIMENTS)
   lines = [
       "# seqscale: results", "",
       "Every table below was produced by the command above it, on the machine and with the "
       "versions named under it. Regenerate the whole file (runs what is missing from DIR, "
       "then gathers):", "",
       "```bash",
-      "python -m experiments.results --workdir=DIR"
-      + ("" if everything else f" --only={names}"), "```", "",
+      regenerate or "(the command that ran the experiments)", "```", "",
       "`--compose_only` only gathers what DIR holds; `--rerun=NAME,...` runs those again. "
       "Timings on a shared machine move with its load: the load average before each run is "
       "recorded beside it.", "",
@@ -241,8 +137,7 @@ def compose(experiments: Sequence[Experiment], workdir: str, out_path: str,
   for e in experiments:
     lines += _section(e, workdir, docs_dir, docs_rel)
   text = "\n".join(lines).rstrip() + "\n"
-  with open(out_path, "w") as f:
-    f.write(text)
+  outputs.write_text(out_path, text)
   return text
 
 

@@ -15,14 +15,18 @@ Their weights are arguments (``program``), as a trained model's are, so XLA cann
 them away. ``sweep`` measures, for n from 4 to 100,000, each program's sequential depth
 (read off its jaxpr by ``analysis.sequential_depth``), compiled FLOPs (``analysis.flops``)
 and run time (``analysis.time_fresh``, compile time apart), and checks the sums against
-NumPy's ``cumsum``. ``studies.crossover`` times the general linear recurrence the same way.
+NumPy's ``cumsum``. ``train_models`` trains ``TRAIN_MODELS`` on the running_sum task
+(``seqscale.train``) and reports accuracy at the training length and at 4x. ``run``
+does all of it and writes ``results.json``, ``results.md`` and ``running_sum.png``.
+``studies.crossover`` times the general linear recurrence the same way.
 Shapes: B batch, T (or n) length, D width.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +58,39 @@ ROW_KEYS = ("method", "n", "sequential_depth", "flops", "run_s", "compile_s")
 # keeps both (run_s: median, run_min_s: fastest).
 TIME_KEY = "run_min_s"
 DEFAULT_ATTENTION_MAX_N = 16_384
+# The models trained, each with its config's hparams plus these.
+TRAIN_MODELS = {
+    "lstm": {},
+    "mingru": {"mode": "associative"},
+    "transformer": {"causal": True, "num_layers": 2},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` measures and trains. Defaults: the full run (about 8 min on 2 CPU cores)."""
+  max_n: int = 100_000  # longest n of the sweep (4, 8, 16, ... and max_n)
+  attention_max_n: int = DEFAULT_ATTENTION_MAX_N  # attention not run above (O(n^2) scores)
+  repeats: int = 3  # timed runs per measurement (median reported)
+  # Model name (in TRAIN_MODELS) -> its trainer ConfigDict (experiments/configs/running_sum.py);
+  # empty: no training.
+  train_configs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  train_steps: int | None = None  # training steps per model; None: each config's num_steps
+  quick: bool = False  # recorded only: the entry point's --quick
+
+  def __post_init__(self):
+    check_int("max_n", self.max_n, 4)
+    check_int("attention_max_n", self.attention_max_n, 1)
+    check_int("repeats", self.repeats, 1)
+    if self.train_steps is not None:
+      check_int("train_steps", self.train_steps, 1)
+    unknown = sorted(set(self.train_configs) - set(TRAIN_MODELS))
+    if unknown:
+      raise ValueError(f"train_configs={unknown}: unknown models; allowed: "
+                       f"{', '.join(TRAIN_MODELS)}")
+
+
+QUICK = Settings(max_n=4096, quick=True)
 
 
 # ------------------------------------------------------------------ the three programs
@@ -339,7 +376,25 @@ def training_table(rows: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------------ crossover benchmark
+def train_models(settings: Settings, workdir: str,
+                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Trains each model of ``settings.train_configs`` into ``workdir/train/<model>`` (a
+  finished run resumes at its end); returns one ``training_row`` per model."""
+  from seqscale import train  # pylint: disable=g-import-not-at-top  # only when training
+  rows = []
+  for name, base in settings.train_configs.items():
+    config = base.copy_and_resolve_references()
+    config.model.name = name
+    config.model.hparams.update(TRAIN_MODELS[name])
+    steps = settings.train_steps
+    if steps:
+      config.num_steps = steps
+      config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
+      config.checkpoint_every = steps
+    results = train.train_and_evaluate(config, os.path.join(workdir, "train", name))
+    rows.append(training_row(name, config.model.hparams.to_dict(), results))
+    progress(f"trained {name}: accuracy {rows[-1]['accuracy']} at T={rows[-1]['train_length']}")
+  return rows
 
 
 # ------------------------------------------------------------------ outputs
@@ -370,3 +425,33 @@ def save_running_sum(workdir: str, *, demo: Sequence[dict[str, Any]],
   return md
 
 
+
+
+def run(settings: Settings, workdir: str,
+        progress: Callable[[str], None] = print) -> dict[str, Any]:
+  """The seed's numbers, the sweep, exactness, then (with ``train_configs``) training.
+
+  Writes ``results.json``, ``results.md`` and ``running_sum.png`` after the sweep, and
+  again after training. Returns ``{"markdown", "rows", "skipped", "training", "context"}``.
+  """
+  workdir = outputs.prepare_workdir(workdir)
+  ns = sweep_lengths(settings.max_n)
+  demo = seed_demo()
+  progress(seed_table(demo))
+  rows, skipped = sweep(ns, attention_max_n=settings.attention_max_n,
+                        repeats=settings.repeats, progress=progress)
+  exact = exactness(settings.max_n)
+  recorded = {**dataclasses.asdict(dataclasses.replace(settings, train_configs={})),
+              "ns": ns, "inputs": "digits 0..9", "seed": 0,
+              "train_models": {name: dict(TRAIN_MODELS[name]) for name in settings.train_configs},
+              "train_configs": {k: v.to_dict() for k, v in settings.train_configs.items()}}
+  context = outputs.run_context(seed=0)
+  save = lambda training: save_running_sum(
+      workdir, demo=demo, rows=rows, skipped=skipped, exact=exact, training=training,
+      settings=recorded, context=context)
+  md = save([])
+  training = train_models(settings, workdir, progress) if settings.train_configs else []
+  if training:
+    md = save(training)
+  return {"markdown": md, "rows": rows, "skipped": skipped, "training": training,
+          "context": context}

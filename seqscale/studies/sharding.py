@@ -1,5 +1,9 @@
 """The sharding experiment: attention shards over devices, a nonlinear scan cannot, a linear
-scan can. Library logic of ``experiments/sharding.py``.
+scan can. ``run(settings, workdir)`` measures every strategy at every device count and
+writes ``results.json``, ``results.md`` and the plots. On a CPU each device count runs in a
+subprocess with that many forced host devices (``--xla_force_host_platform_device_count``
+must be set before JAX starts), as ``processes`` ``jax.distributed`` processes on 127.0.0.1
+when asked (``subprocess_rows``).
 
 For each strategy and device count N (mesh ``('data', 'seq') = (1, N)``, T split N ways):
 
@@ -30,9 +34,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 import re
-from typing import Any, Callable
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +51,7 @@ from seqscale import outputs
 from seqscale.analysis import cost
 from seqscale.analysis import depth
 from seqscale.analysis import timing as timing_lib
+from seqscale.checks import check_int
 from seqscale.ops import attention as attention_ops
 from seqscale.ops import linear_recurrence as lr
 from seqscale.ops import recurrent
@@ -71,6 +81,30 @@ class Sizes:
   K: int = 16
   I: int = 16
   D: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What ``run`` measures. Defaults: about 45 s on 2 shared CPU cores."""
+  devices: tuple[int, ...] = (1, 2, 4, 8)  # N, devices on the seq axis
+  seq_len: int = 256  # T: a multiple of 2N for every N
+  repeats: int = 5  # timed runs per measurement (median)
+  processes: int = 1  # CPU only: jax.distributed processes per N (N / processes devices each)
+
+  def __post_init__(self):
+    check_int("seq_len", self.seq_len, 2)
+    check_int("repeats", self.repeats, 1)
+    check_int("processes", self.processes, 1)
+    if not self.devices:
+      raise ValueError("devices=(); give device counts >= 1, e.g. 1,2,4,8")
+    for n in self.devices:
+      check_int("devices", n, 1)
+    if any(self.seq_len % (2 * n) for n in self.devices):
+      raise ValueError(f"seq_len={self.seq_len}: must be a multiple of 2N for every N in "
+                       f"devices={list(self.devices)}")
+    if any(n % self.processes for n in self.devices):
+      raise ValueError(f"processes={self.processes}: must divide every N in "
+                       f"devices={list(self.devices)}")
 
 
 def _array_bytes(type_text: str) -> int:
@@ -247,108 +281,93 @@ def measure_all(num_devices: int, strategies: tuple[str, ...] = STRATEGIES,
   return [measure(s, num_devices, sizes, **kwargs) for s in strategies]
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-  """A markdown table of the rows, one per (strategy, devices)."""
-  head = ("| strategy | devices | max_abs_err | flops_per_device | collective_bytes | "
-          "received_bytes | critical_path | critical_path_one_device | run_s | compile_s |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-  fmt = lambda v, f: "-" if v is None else format(v, f)
-  lines = [head]
-  for r in sorted(rows, key=lambda r: (STRATEGIES.index(r["strategy"])
-                                       if r["strategy"] in STRATEGIES else 99, r["devices"])):
-    lines.append(f"| {r['strategy']} | {r['devices']} | {r['max_abs_err']:.1e} | "
-                 f"{r['flops_per_device']:.3g} | {r['collective_bytes']} | "
-                 f"{r.get('received_bytes', '-')} | "
-                 f"{r['critical_path']} | {r.get('critical_path_one_device', '-')} | "
-                 f"{fmt(r['run_s'], '.2e')} | "
-                 f"{fmt(r['compile_s'], '.2f')} |")
-  return "\n".join(lines)
+_CHILD = """
+import json, sys
+from seqscale import parallel
+parallel.initialize(parallel.cluster_from())  # JAX_* environment; no-op for one process
+import jax
+from seqscale.studies import sharding
+a = json.loads(sys.argv[1])
+rows = [sharding.measure(name, n, sharding.Sizes(**a["sizes"]), repeats=a["repeats"])
+        for n in a["counts"] for name in a["strategies"]]
+if jax.process_index() == 0:
+  print("ROWS " + json.dumps(rows))
+"""
 
 
-def plot(rows: list[dict[str, Any]], workdir: str) -> list[str]:
-  """FLOPs per device and run time against devices, one line per strategy; PNG paths."""
-  plt = outputs.pyplot()
-  paths = []
-  for key, name, ylabel in (("flops_per_device", "flops_per_device.png", "FLOPs per device"),
-                            ("run_s", "time.png", "run time (s)"),
-                            ("critical_path", "critical_path.png", "critical path (steps)")):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for strategy in STRATEGIES:
-      pts = sorted((r["devices"], r[key]) for r in rows
-                   if r["strategy"] == strategy and r[key] is not None)
-      if pts:
-        ax.plot(*zip(*pts), marker="o", label=strategy)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("devices on the seq axis")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(workdir, name)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    paths.append(path)
-  return paths
+def _free_port() -> int:
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
 
 
-def write(rows: list[dict[str, Any]], workdir: str, context: dict[str, Any]) -> str:
-  """``results.json``, ``results.md`` and the plots in ``workdir``; returns the table."""
-  workdir = outputs.prepare_workdir(workdir)
-  text = table(rows)
-  outputs.write_json(os.path.join(workdir, "results.json"), {"context": context, "rows": rows})
-  outputs.write_text(os.path.join(workdir, "results.md"), text + "\n")
-  plot(rows, workdir)
-  timeline(os.path.join(workdir, "timeline.png"))
-  return text
+def subprocess_rows(counts: Sequence[int], strategies: Sequence[str], sizes: Sizes, *,
+                    devices: int | None = None, repeats: int = 5,
+                    processes: int = 1) -> list[dict[str, Any]]:
+  """``measure`` rows for each N in ``counts`` and each strategy, measured on CPU in
+  ``processes`` subprocesses (``jax.distributed`` on 127.0.0.1 when more than one) with
+  ``devices`` (default max(counts)) forced host devices in all.
 
-
-def schedule(strategy: str, N: int, T: int, M: int = WAVEFRONT_CHUNKS
-             ) -> list[list[tuple[float, float, str]]]:
-  """Per device, (start, length, kind) intervals in time steps of the program's schedule.
-
-  Read off the programs' structure, not measured: "work" is compute whose result is kept,
-  "redundant" compute every device runs in lockstep but discards (carry passing before a
-  device's carry is exact; wavefront ticks outside a layer's chunks), "comm" a collective.
+  Raises:
+    RuntimeError: a subprocess failed (the message ends with its last line of output).
   """
-  Tb = T / N
+  devices = devices or max(counts)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                      f"{devices // processes}").strip()
+  if processes > 1:
+    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
+               JAX_NUM_PROCESSES=str(processes))
+  arg = json.dumps({"counts": list(counts), "strategies": list(strategies),
+                    "sizes": dataclasses.asdict(sizes), "repeats": repeats})
+  errs = [tempfile.TemporaryFile("w+") for _ in range(processes)]  # no pipe fills up
+  procs = [subprocess.Popen([sys.executable, "-c", _CHILD, arg], text=True, stderr=errs[i],
+                            stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+                            env=dict(env, JAX_PROCESS_ID=str(i)) if processes > 1 else env)
+           for i in range(processes)]
+  lines = [l for l in procs[0].communicate()[0].splitlines() if l.startswith("ROWS ")]
+  codes = [p.wait() for p in procs]
+  last = ""
+  for err in errs:
+    err.seek(0)
+    last = last or next((l for l in reversed(err.read().splitlines()) if l.strip()), "")
+    err.close()
+  if any(codes) or not lines:
+    raise RuntimeError(f"the sharding subprocess with {devices} forced CPU devices failed "
+                       f"(exit codes {codes}): {last}")
+  return [dict(r, forced_cpu_devices=devices, processes=processes)
+          for r in json.loads(lines[-1][5:])]
+
+
+def run(settings: Settings, workdir: str,
+        progress: Callable[[str], None] = print) -> dict[str, Any]:
+  """Every strategy at every N of ``settings.devices``; writes the outputs (``write``).
+
+  On a CPU each N runs in subprocesses (``subprocess_rows``); on a GPU/TPU on the real
+  devices, and an N above their count is skipped. Returns ``{"markdown", "rows",
+  "context"}``.
+  """
+  from seqscale.studies import sharding_report  # pylint: disable=g-import-not-at-top  # it reads STRATEGIES
+  workdir = outputs.prepare_workdir(workdir)
+  s, sizes = settings, Sizes(T=settings.seq_len)
+  cpu = jax.default_backend() == "cpu"
   rows = []
-  for d in range(N):
-    if strategy == "lstm_carry_passing":
-      row = [(r * Tb, Tb, "work" if r == d else "redundant") for r in range(N)]
-    elif strategy == "attention_ring":
-      row = [(r * Tb, Tb, "work") for r in range(N)]
-    elif strategy == "linear_scan_sharded":
-      lg = max(1.0, np.log2(N))
-      row = [(0.0, Tb, "work"), (Tb, lg, "comm"), (Tb + lg, 1.0, "work")]
-    elif strategy == "lstm_wavefront":
-      C = T / M
-      row = [(t * C, C, "work" if 0 <= t - d < M else "redundant") for t in range(M + N - 1)]
+  for n in s.devices:
+    if cpu:
+      where = "a subprocess" if s.processes == 1 else f"each of {s.processes} processes"
+      progress(f"CPU: forcing {n // s.processes} host device(s) in {where} "
+               f"(XLA_FLAGS=--xla_force_host_platform_device_count={n // s.processes})")
+      rows += subprocess_rows([n], STRATEGIES, sizes, repeats=s.repeats,
+                              processes=s.processes)
+    elif n <= jax.device_count():
+      rows += measure_all(n, sizes=sizes, repeats=s.repeats)
     else:
-      raise ValueError(f"strategy={strategy!r}; no schedule")
-    rows.append(row)
-  return rows
-
-
-def timeline(path: str, N: int = 4, T: int = 64) -> str:
-  """Which device works when: carry passing, ring attention, wavefront, linear scan."""
-  plt = outputs.pyplot()
-  colors = {"work": "tab:blue", "redundant": "lightgray", "comm": "tab:orange"}
-  names = ("lstm_carry_passing", "attention_ring", "lstm_wavefront", "linear_scan_sharded")
-  fig, axes = plt.subplots(len(names), 1, figsize=(7, 7), sharex=True)
-  for ax, name in zip(axes, names):
-    for d, row in enumerate(schedule(name, N, T)):
-      for start, length, kind in row:
-        ax.broken_barh([(start, length)], (d - 0.4, 0.8), color=colors[kind],
-                       edgecolor="white")
-    ax.set_yticks(range(N), [f"dev {d}" for d in range(N)])
-    ax.invert_yaxis()
-    notes = {"lstm_wavefront": f" (L={N} layers, M={WAVEFRONT_CHUNKS} chunks)",
-             "attention_ring": " (a round: one k/v block, drawn as T/N units; its depth is "
-                               "O(1), not T/N)"}
-    ax.set_title(name + notes.get(name, ""), fontsize=9)
-  axes[-1].set_xlabel(f"time steps (T={T}, N={N}; schematic from the programs' structure; "
-                      "blue work, gray redundant, orange collective)", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+      progress(f"skipping devices={n}: {jax.device_count()} devices here")
+  cores = os.cpu_count() or 1
+  note = (f"CPU with {cores} cores: the N devices are forced host devices sharing them, so "
+          f"times beyond N = {cores} are not speed-ups; FLOPs per device, collective bytes "
+          "and the critical path carry the argument." if cpu else "")
+  context = outputs.run_context(devices=list(s.devices), sizes=dataclasses.asdict(sizes),
+                                forced_cpu_devices=cpu, processes=s.processes, note=note)
+  md = sharding_report.write(rows, workdir, context)
+  return {"markdown": md + ("\n\n" + note if note else ""), "rows": rows, "context": context}

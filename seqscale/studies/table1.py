@@ -55,7 +55,7 @@ Params = Mapping[str, Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Settings:
   """What ``sweep`` measures. Defaults: about 4.5 min on 2 CPU cores (3.5 min of CPU)."""
   layers: tuple[str, ...] = ()  # empty: every layer in LAYERS
   n_values: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # at d_fixed
@@ -70,24 +70,18 @@ class Config:
   regime: int = 16  # attention's n^2 d regime: n >= regime * d
   seed: int = 0
 
+  def __post_init__(self):
+    validate(self)
+
   def layer_names(self) -> tuple[str, ...]:
     return self.layers or tuple(LAYERS)
 
 
-def quick_config() -> Config:
-  """A CPU-minute smoke run: three n, two d, path length at n = 8 only.
-
-  Its ranges are too short to judge the paper's regimes; the verdicts mean little.
-  """
-  return Config(n_values=(8, 32, 128), d_fixed=16, d_values=(16, 32), n_fixed=128,
-                path_max_n=8, heads=2, regime=2)
-
-
-def make_config(quick: bool = False, n_values: Sequence[int] | None = None,
-                d_values: Sequence[int] | None = None,
-                layers: Sequence[str] | None = None) -> Config:
-  """The default (or quick) config with the given sweeps; the d sweep runs at max(n)."""
-  config = quick_config() if quick else Config()
+def make_settings(quick: bool = False, n_values: Sequence[int] | None = None,
+                  d_values: Sequence[int] | None = None,
+                  layers: Sequence[str] | None = None) -> Settings:
+  """The default (or quick) settings with the given sweeps; the d sweep runs at max(n)."""
+  config = QUICK if quick else Settings()
   changes: dict[str, Any] = {}
   if n_values:
     changes.update(n_values=tuple(n_values), n_fixed=max(n_values))
@@ -95,12 +89,10 @@ def make_config(quick: bool = False, n_values: Sequence[int] | None = None,
     changes["d_values"] = tuple(d_values)
   if layers:
     changes["layers"] = tuple(layers)
-  config = dataclasses.replace(config, **changes)
-  validate(config)
-  return config
+  return dataclasses.replace(config, **changes)
 
 
-def validate(config: Config) -> None:
+def validate(config: Settings) -> None:
   """Raises ``ValueError`` naming the field, its value and what is allowed."""
   unknown = [name for name in config.layers if name not in LAYERS]
   if unknown:
@@ -114,9 +106,17 @@ def validate(config: Config) -> None:
     if not isinstance(value, int) or value < (2 if field.startswith("k") else 1):
       raise ValueError(f"{field}={value!r}: must be an int >= "
                        f"{2 if field.startswith('k') else 1}")
-  bad = [d for d in (config.d_fixed, *config.d_values) if d % config.heads]
-  if bad:
-    raise ValueError(f"d={bad[0]}: must be a multiple of heads={config.heads}")
+  for field in ("d_values", "d_fixed"):
+    value = getattr(config, field)
+    if any(d % config.heads for d in (value if field == "d_values" else [value])):
+      raise ValueError(f"{field}={value!r}: every d must be a multiple of "
+                       f"heads={config.heads}")
+
+
+# A CPU-minute smoke run: three n, two d, path length at n = 8 only. Its ranges are too
+# short to judge the paper's regimes; the verdicts mean little.
+QUICK = Settings(n_values=(8, 32, 128), d_fixed=16, d_values=(16, 32), n_fixed=128,
+                 path_max_n=8, heads=2, regime=2)
 
 
 # ------------------------------------------------------------------------- the layers
@@ -124,14 +124,16 @@ def validate(config: Config) -> None:
 
 def _attention(kind: str) -> Callable[..., Array]:
   """kind: "full" (causal), "masked" (causal, local_window=r) or "blocked" (local_attention)."""
-  def apply(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+  def apply(p: Params, x_BTD: Array, config: Settings, dilation: int) -> Array:
     del dilation
     q, k, v = (attention.project_heads(x_BTD, p[w]) for w in ("wq", "wk", "wv"))
     if kind == "blocked":
       out_BTHK = attention.local_attention(q, k, v, config.r)
     else:
-      out_BTHK = attention.dot_product_attention(
-          q, k, v, causal=True, local_window=config.r if kind == "masked" else None)
+      # The einsum reference: "masked" measures what a mask costs (all n^2 scores).
+      out_BTHK = attention.attention(
+          q, k, v, impl="reference", causal=True,
+          local_window=config.r if kind == "masked" else None)
     return attention.merge_heads(out_BTHK, p["wo"])
   return apply
 
@@ -140,25 +142,25 @@ def _recurrent(cell: str) -> Callable[..., Array]:
   return lambda p, x_BTD, config, dilation: recurrent.run(cell, x_BTD, p)[0]
 
 
-def _conv(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+def _conv(p: Params, x_BTD: Array, config: Settings, dilation: int) -> Array:
   return conv.conv1d(x_BTD, p["w"], p["b"], dilation=dilation, causal=True)
 
 
-def _separable(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+def _separable(p: Params, x_BTD: Array, config: Settings, dilation: int) -> Array:
   return conv.separable_conv1d(x_BTD, p["w_dw"], p["w_pw"], p["b"], dilation=dilation)
 
 
 def _linear(mode: str) -> Callable[..., Array]:
-  def apply(p: Params, x_BTD: Array, config: Config, dilation: int) -> Array:
+  def apply(p: Params, x_BTD: Array, config: Settings, dilation: int) -> Array:
     a_BTD, b_BTD = linear_recurrence.mingru_coefficients(x_BTD @ p["wk"], x_BTD @ p["wh"])
     return linear_recurrence.linear_recurrence(a_BTD, b_BTD, mode=mode)[0]
   return apply
 
 
-def _init(shapes: Callable[[int, Config], dict[str, tuple[tuple[int, ...], int]]]
+def _init(shapes: Callable[[int, Settings], dict[str, tuple[tuple[int, ...], int]]]
           ) -> Callable[..., Params]:
   """``shapes(d, config) -> {name: (shape, fan_in)}``; weights N(0, 1 / fan_in)."""
-  def init(key: Array, d: int, config: Config) -> Params:
+  def init(key: Array, d: int, config: Settings) -> Params:
     spec = sorted(shapes(d, config).items())
     keys = jax.random.split(key, len(spec))
     return {name: jax.random.normal(k, shape) / math.sqrt(fan_in)
@@ -166,7 +168,7 @@ def _init(shapes: Callable[[int, Config], dict[str, tuple[tuple[int, ...], int]]
   return init
 
 
-def _attn_shapes(d: int, c: Config) -> dict[str, tuple[tuple[int, ...], int]]:
+def _attn_shapes(d: int, c: Settings) -> dict[str, tuple[tuple[int, ...], int]]:
   K = d // c.heads
   return {"wq": ((d, c.heads, K), d), "wk": ((d, c.heads, K), d), "wv": ((d, c.heads, K), d),
           "wo": ((c.heads, K, d), d)}
@@ -186,7 +188,7 @@ _contiguous = lambda n, c: max(1, math.ceil((n - 1) / (c.k - 1)))
 _windowed = lambda n, c: max(1, math.ceil((n - 1) / c.r))
 
 
-def _dilated(n: int, c: Config) -> int:
+def _dilated(n: int, c: Settings) -> int:
   """Least L with k^L >= n: dilations 1, k, .., k^(L-1) reach k^L - 1 positions back."""
   layers = 1
   while c.k_dilated**layers < n:
@@ -212,14 +214,14 @@ class LayerType:
   flops_d: float
   depth: str
   path: str
-  apply: Callable[[Params, Array, Config, int], Array]
-  init: Callable[[Array, int, Config], Params]
-  stack_layers: Callable[[int, Config], int] = _one
-  kernel: Callable[[Config], int | None] = lambda c: None
-  window: Callable[[Config], int | None] = lambda c: None
+  apply: Callable[[Params, Array, Settings, int], Array]
+  init: Callable[[Array, int, Settings], Params]
+  stack_layers: Callable[[int, Settings], int] = _one
+  kernel: Callable[[Settings], int | None] = lambda c: None
+  window: Callable[[Settings], int | None] = lambda c: None
   dilated: bool = False
-  n_regime: Callable[[int, int, Config], bool] | None = None
-  d_regime: Callable[[int, int, Config], bool] | None = None
+  n_regime: Callable[[int, int, Settings], bool] | None = None
+  d_regime: Callable[[int, int, Settings], bool] | None = None
   regime_text: str = ""
 
 
@@ -287,7 +289,7 @@ def _struct(tree: Any) -> Any:
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
 
 
-def single_layer(layer: str, n: int, config: Config) -> Callable[[Params, Array], Array]:
+def single_layer(layer: str, n: int, config: Settings) -> Callable[[Params, Array], Array]:
   """``(params, x_BTD) -> y_BTD``, the layer measured for FLOPs, memory and depth.
 
   For the dilated convolution: the last (largest-dilation) layer of the stack for n.
@@ -297,7 +299,7 @@ def single_layer(layer: str, n: int, config: Config) -> Callable[[Params, Array]
   return lambda p, x_BTD: spec.apply(p, x_BTD, config, dilation)
 
 
-def stack(layer: str, n: int, d: int, config: Config, key: Array,
+def stack(layer: str, n: int, d: int, config: Settings, key: Array,
           num_layers: int | None = None) -> tuple[Callable[[Array], Array], int]:
   """A residual stack ``x <- x + layer_i(x)`` deep enough to connect all n positions.
 
@@ -317,7 +319,7 @@ def stack(layer: str, n: int, d: int, config: Config, key: Array,
   return f, num
 
 
-def measure(layer: str, n: int, d: int, config: Config, *, path: bool) -> dict[str, Any]:
+def measure(layer: str, n: int, d: int, config: Settings, *, path: bool) -> dict[str, Any]:
   """One row: FLOPs, memory, depth of one layer at (n, d) and, if ``path``, path lengths."""
   spec = LAYERS[layer]
   start = time.perf_counter()
@@ -350,7 +352,7 @@ def measure(layer: str, n: int, d: int, config: Config, *, path: bool) -> dict[s
   return row
 
 
-def sweep(config: Config, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def sweep(config: Settings, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
   """Rows for n in ``n_values`` at ``d_fixed`` and d in ``d_values`` at ``n_fixed``."""
   validate(config)
   points = [(n, config.d_fixed) for n in config.n_values]
@@ -412,12 +414,12 @@ def series(rows: Sequence[dict[str, Any]], layer: str, key: str, *, n: int | Non
   return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _note(layer: str, cell: str, config: Config) -> str:
+def _note(layer: str, cell: str, config: Settings) -> str:
   note = NOTES.get((layer, cell), "unexpected: not explained")
   return note.format(**dataclasses.asdict(config))
 
 
-def compare(rows: Sequence[dict[str, Any]], config: Config) -> list[dict[str, Any]]:
+def compare(rows: Sequence[dict[str, Any]], config: Settings) -> list[dict[str, Any]]:
   """Per layer: fitted exponents and growth classes against the paper, a verdict per cell.
 
   Cells: ``flops_n`` (exponent vs the paper's, agree within 0.15, on the points of the
@@ -460,14 +462,16 @@ def compare(rows: Sequence[dict[str, Any]], config: Config) -> list[dict[str, An
 # ------------------------------------------------------------------------- output
 
 
-def run(config: Config, workdir: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(settings: Settings, workdir: str,
+        progress: Callable[[str], None] = print) -> dict[str, Any]:
   """Sweeps, compares, and writes ``table1.md``, PNG plots and ``results.json`` to ``workdir``.
 
   Returns the results dict (``context``, ``rows``, ``cells``, ``plots``, ``seconds``); the
-  context names versions, devices, CPU and git commit. ``log`` gets progress and the table.
+  context names versions, devices, CPU and git commit. ``progress`` gets progress lines and
+  the table.
   """
   from seqscale.studies import table1_report  # pylint: disable=g-import-not-at-top  # it reads LAYERS
-  validate(config)
+  config, log = settings, progress
   workdir = outputs.prepare_workdir(workdir)
   start = time.perf_counter()
   rows = sweep(config, log)

@@ -11,7 +11,7 @@ from seqscale import outputs
 from seqscale.studies import table1
 
 if TYPE_CHECKING:
-  from seqscale.studies.table1 import Config
+  from seqscale.studies.table1 import Settings
 
 
 # Findings that are not verdicts: shown under the table.
@@ -62,7 +62,7 @@ def _growth_cell(c: dict[str, Any]) -> str:
   return f"{span}, {cls}" + ("" if c["agree"] is None else f": {_verdict(c['agree'])}")
 
 
-def _header(config: Config, context: Mapping[str, Any]) -> list[str]:
+def _header(config: Settings, context: Mapping[str, Any]) -> list[str]:
   ns, ds = config.n_values, config.d_values
   path_ns = [n for n in ns if n <= config.path_max_n]
   return [
@@ -91,7 +91,7 @@ def main_table(cells: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _side_table(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]],
-                config: Config) -> list[str]:
+                config: Settings) -> list[str]:
   lines = ["Beside the paper (it states neither): memory of forward+backward, and the path "
            "counting matmuls and convolutions only.", "",
            "| layer | temp bytes fwd+bwd vs n | path (matmuls/convs only) vs n | stack layers "
@@ -126,7 +126,7 @@ def _findings(cells: Sequence[dict[str, Any]]) -> list[str]:
   return lines
 
 
-def _raw_tables(rows: Sequence[dict[str, Any]], config: Config) -> list[str]:
+def _raw_tables(rows: Sequence[dict[str, Any]], config: Settings) -> list[str]:
   lines = []
   for key, title in (("flops_fwd", "FLOPs of the forward pass"),
                      ("sequential_depth", "sequential depth (dependent primitive steps)"),
@@ -144,7 +144,7 @@ def _raw_tables(rows: Sequence[dict[str, Any]], config: Config) -> list[str]:
   return lines
 
 
-def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], config: Config,
+def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]], config: Settings,
              context: Mapping[str, Any]) -> str:
   """``table1.md``: the paper's table beside the measured one, findings, definitions, data."""
   definitions = DEFINITIONS.format(**dataclasses.asdict(config))
@@ -190,7 +190,7 @@ DEFINITIONS = """## What is measured, and the regimes
 """
 
 
-def plot(rows: Sequence[dict[str, Any]], config: Config, workdir: str) -> list[str]:
+def plot(rows: Sequence[dict[str, Any]], config: Settings, workdir: str) -> list[str]:
   """PNG plots, one line per layer: FLOPs, depth, path length, memory vs n; FLOPs vs d."""
   plt = outputs.pyplot()
   written = []

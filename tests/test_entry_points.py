@@ -1,0 +1,142 @@
+"""Every entry point as a user runs it: --help, a bad value, a workdir that is a file, and a
+0 that once meant "the default". Usage errors are one ``error:`` line naming the flag, exit
+code 2, no traceback, and come before any work (``experiments.cli``)."""
+
+import concurrent.futures
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+QUICK = "--config=experiments/configs/running_sum.py:quick"
+# Entry point -> (a bad value and the flag it names, extra flags for the workdir check).
+ENTRY_POINTS = {
+    "train": ([QUICK, "--config.num_steps=many"], "--config.num_steps", [QUICK]),
+    "table1": (["--n_values=a,b"], "--n_values", ["--quick"]),
+    "bench": (["--dtypes=float64"], "--dtypes", ["--quick"]),
+    "running_sum": (["--repeats=0"], "--repeats", ["--quick", "--notrain"]),
+    "crossover": (["--batch=0"], "--batch", ["--quick"]),
+    "sharding": (["--seq_len=0"], "--seq_len", ["--devices=1,2"]),
+    "flstm_timing": (["--lengths=a"], "--lengths", []),
+    "pictures": (["--task=nope"], "--task", ["--skip_training"]),
+    "overview": (["--sections=running_sum,bogus"], "--sections", ["--quick"]),
+    "long_range": (["--models=lstm,rnn"], "--models", ["--quick"]),
+    "results": (["--only=nope"], "--only", ["--compose_only"]),
+}
+# A 0 that used to mean "the default" (or ran the full sweep) is refused, naming the flag.
+ZEROS = {
+    ("running_sum", "--max_n"): ["--quick", "--notrain", "--max_n=0"],
+    ("running_sum", "--train_steps"): ["--quick", "--max_n=8", "--train_steps=0"],
+    ("crossover", "--max_t"): ["--quick", "--max_t=0"],
+    ("flstm_timing", "--rank"): ["--rank=0"],
+    ("flstm_timing", "--in_features"): ["--in_features=0"],
+    ("overview", "--train_steps"): ["--quick", "--train_steps=0"],
+}
+# Errors that only the study's settings see (not absl), and other usage errors.
+OTHER = {
+    ("sharding", "--seq_len"): ["--devices=3", "--seq_len=256"],  # not a multiple of 2N
+    ("table1", "--d_values"): ["--d_values=30"],  # not a multiple of the 4 heads
+    ("table1", "--workdir"): ["NOWORKDIR"],  # no --workdir: one line, not the docstring
+    ("bench", "--nosuch"): ["--nosuch=1"],
+    ("crossover", "unexpected arguments"): ["stray"],
+}
+FAST_S = 30  # a usage error comes before any work: the imports only, even on busy cores
+
+
+def _flags_of(name):
+  source = open(os.path.join(ROOT, "experiments", f"{name}.py")).read()
+  return re.findall(r'DEFINE_\w+\(\s*"(\w+)"', source)
+
+
+def _run(name, args, tmp):
+  os.makedirs(tmp, exist_ok=True)
+  a_file = os.path.join(tmp, "a_file")
+  open(a_file, "w").close()
+  if "NOWORKDIR" in args:
+    args = [a for a in args if a != "NOWORKDIR"]
+  elif not any(a.startswith("--workdir=") for a in args) and "--help" not in args \
+      and "--helpfull" not in args:
+    args = [*args, f"--workdir={os.path.join(tmp, 'work')}"]
+  args = [a.replace("FILE", a_file) for a in args]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  start = time.perf_counter()
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, env=env)
+  return {"code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+          "seconds": time.perf_counter() - start, "files": sorted(os.listdir(tmp))}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Every case at once, a few processes at a time (they spend their time importing)."""
+  tmp = str(tmp_path_factory.mktemp("entry_points"))
+  cases = {}
+  for name, (bad, _, extra) in ENTRY_POINTS.items():
+    cases[name, "help"] = ["--help"]
+    cases[name, "bad"] = bad
+    cases[name, "file"] = [*extra, "--workdir=FILE"]
+  cases["train", "helpfull"] = ["--helpfull"]
+  cases.update({(name, "zero " + flag): args for (name, flag), args in ZEROS.items()})
+  cases.update({(name, "other " + flag): args for (name, flag), args in OTHER.items()})
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    futures = {case: pool.submit(_run, case[0], args, os.path.join(tmp, "_".join(case)))
+               for case, args in cases.items()}
+    return {case: f.result() for case, f in futures.items()}
+
+
+def _one_error_line(r, *words):
+  lines = [l for l in r["stderr"].splitlines() if l.strip()]
+  assert r["code"] == 2, r["stderr"][-2000:]
+  assert len(lines) == 1 and lines[0].startswith("error: "), r["stderr"][-2000:]
+  assert "Traceback" not in r["stderr"] + r["stdout"]
+  for word in words:
+    assert word in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_help_exits_0_and_lists_the_flags(name, runs):
+  r = runs[name, "help"]
+  assert r["code"] == 0, r["stderr"][-2000:]
+  names = _flags_of(name)
+  assert "workdir" in names
+  for flag in names:
+    assert re.search(rf"--(\[no\])?{flag}:", r["stdout"]), (flag, r["stdout"][-2000:])
+  assert "--verbosity" not in r["stdout"]  # absl's own flags: --helpfull only
+
+
+def test_helpfull_lists_every_flag_without_config(runs):
+  r = runs["train", "helpfull"]
+  assert r["code"] == 0, r["stderr"][-2000:]
+  assert "--config:" in r["stdout"] and "--verbosity:" in r["stdout"]
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_a_bad_value_is_one_line_naming_the_flag(name, runs):
+  _, flag, _ = ENTRY_POINTS[name]
+  _one_error_line(runs[name, "bad"], flag)
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
+def test_a_workdir_that_is_a_file_is_refused_before_any_work(name, runs):
+  r = runs[name, "file"]
+  _one_error_line(r, "--workdir=", "is a file")
+  assert r["files"] == ["a_file"] and r["stdout"] == ""  # nothing written, nothing measured
+  assert r["seconds"] < FAST_S, r["seconds"]
+
+
+@pytest.mark.parametrize("name, flag", sorted(ZEROS))
+def test_a_zero_that_meant_the_default_is_refused(name, flag, runs):
+  r = runs[name, "zero " + flag]
+  _one_error_line(r, f"{flag}=0")
+  assert r["files"] == ["a_file"]  # refused before the workdir was even made
+
+
+@pytest.mark.parametrize("name, words", sorted(OTHER))
+def test_other_usage_errors_are_one_line(name, words, runs):
+  _one_error_line(runs[name, "other " + words], words)
