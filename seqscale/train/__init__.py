@@ -3,8 +3,10 @@
     python -m experiments.train --config=experiments/configs/running_sum.py:quick \\
         --workdir=/tmp/rs_quick
 
-- Resume: run the same command again; it continues from the latest checkpoint in
-  ``workdir/checkpoints`` and ends with the parameters an uninterrupted run would have.
+- Resume: run the same command again; it continues from the latest readable checkpoint in
+  ``workdir/checkpoints`` and ends with the parameters and logged metrics an uninterrupted
+  run would have. A config that changes the run (seed, task, model, optimizer, batch size)
+  is refused unless ``--config.resume=force``; SIGTERM/SIGINT save the step in flight.
 - Watch: ``tensorboard --logdir=WORKDIR/tensorboard``, or ``tail -f WORKDIR/metrics.jsonl``.
 - Several devices: ``--config.parallel.strategy=jit`` (default; a ``('data',)`` mesh) or
   ``pmap``; on a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` gives 4.
@@ -16,9 +18,11 @@
 In Python: ``train.train_and_evaluate(config, workdir)`` returns what ``results.json`` holds.
 """
 
-from seqscale.train.checkpoint import load_arrays
+from seqscale.train.checkpoint import CheckpointError, load_arrays
 from seqscale.train.config import default_config, validate
+from seqscale.train.faults import Interrupted, RunError
 from seqscale.train.trainer import NonFiniteLossError, get_task, restore_model, train_and_evaluate
 
-__all__ = ["NonFiniteLossError", "default_config", "get_task", "load_arrays",
-           "restore_model", "train_and_evaluate", "validate"]
+__all__ = ["CheckpointError", "Interrupted", "NonFiniteLossError", "RunError",
+           "default_config", "get_task", "load_arrays", "restore_model", "train_and_evaluate",
+           "validate"]

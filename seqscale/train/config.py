@@ -16,6 +16,12 @@ STRATEGIES = ("jit", "pmap")
 SCHEDULES = ("cosine", "rsqrt", "constant")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 POOLINGS = ("mean", "last")
+RESUMES = ("", "force")
+# Fields (and groups, by prefix) whose change makes a resumed run another run: a resume
+# refuses them unless config.resume='force'. Other fields are bookkeeping (recorded).
+RUN_FIELDS = ("seed", "task", "model", "optimizer", "batch_size")
+BOOKKEEPING_TASK_FIELDS = ("task.data_dir",)  # where the data lives, not what it is
+UNSET = "<unset>"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 0  # steps between evaluations; 0: only at the end
   c.checkpoint_every = 500  # steps between checkpoints; the last step is always saved
   c.keep_checkpoints = 3  # keep the last N checkpoints
+  c.resume = ""  # 'force': resume even where RUN_FIELDS changed (results.json records it)
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | adam | sgd
   c.optimizer.learning_rate = 1e-3  # peak rate (a multiplier for 'rsqrt')
@@ -95,6 +102,9 @@ def validate(config: ml_collections.ConfigDict | dict[str, Any]) -> ml_collectio
   _positive_int("eval_every", c["eval_every"], 0)
   _positive_int("checkpoint_every", c["checkpoint_every"], 0)
   _positive_int("keep_checkpoints", c["keep_checkpoints"])
+  if c["resume"] not in RESUMES:
+    raise ValueError(f"config.resume={c['resume']!r}; allowed: '' (refuse a changed run) "
+                     "or 'force'")
   if c["model"]["pooling"] not in POOLINGS:
     raise ValueError(f"config.model.pooling={c['model']['pooling']!r}; allowed: "
                      f"{', '.join(POOLINGS)}")
@@ -115,3 +125,29 @@ def validate(config: ml_collections.ConfigDict | dict[str, Any]) -> ml_collectio
         f"config.parallel.strategy={par['strategy']!r}; allowed: {', '.join(STRATEGIES)}")
   _positive_int("parallel.num_devices", par["num_devices"], 0)
   return ml_collections.ConfigDict(c)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``{'a': {'b': 1}}`` as ``{'a.b': 1}``."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+  """The fields that differ between two configs (plain JSON dicts), sorted by name:
+  ``[{'field', 'old', 'new', 'changes_run'}]``, ``changes_run`` for ``RUN_FIELDS``;
+  ``resume`` itself is not compared. A field missing on one side reads ``UNSET``."""
+  old, new = flatten(old), flatten(new)
+  out = []
+  for field in sorted(set(old) | set(new)):
+    a, b = old.get(field, UNSET), new.get(field, UNSET)
+    if field == "resume" or a == b:
+      continue
+    run = (field.split(".")[0] in RUN_FIELDS and field not in BOOKKEEPING_TASK_FIELDS)
+    out.append({"field": field, "old": a, "new": b, "changes_run": run})
+  return out

@@ -7,7 +7,9 @@ metrics and checkpoints, evaluate every split, and write ``results.json`` / ``re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -26,6 +28,7 @@ from seqscale import parallel
 from seqscale.train import checkpoint as checkpoint_lib
 from seqscale.train import config as config_lib
 from seqscale.train import evaluate as evaluate_lib
+from seqscale.train import faults
 from seqscale.train import model as model_lib
 from seqscale.train import optim
 from seqscale.train import step as step_lib
@@ -33,6 +36,8 @@ from seqscale.train import writers
 
 TASK_FIELDS = ("name", "input_type", "vocab_size", "in_features", "output", "target_type",
                "num_classes", "requires_causal", "train_length", "eval_splits", "dataset")
+# OSErrors a run reports in one line (a full disk, a read-only or forbidden folder).
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -124,56 +129,70 @@ def _check_finite(step: int, metrics: dict[str, float], checkpoints: str,
 
 
 def _train(config, state, start_step, train_step, train_ds, model, strategy, ckpt, writer,
-           evaluator, tokens_per_step) -> tuple[Any, dict[str, float] | None, float]:
-  """The loop from ``start_step``; returns (state, last log record, seconds training).
+           evaluator, tokens_per_step, meta, signals
+           ) -> tuple[Any, dict[str, float] | None, float, int | None]:
+  """The loop from ``start_step``; returns (state, last log record, seconds training, the
+  step it stopped at on a SIGTERM/SIGINT or None).
 
   Metrics stay on the device until a log, checkpoint or evaluation step, so the host does
-  not wait on every step; every step's loss is checked before a checkpoint is written.
+  not wait on every step; every step's loss is checked before a checkpoint is written. A
+  checkpoint's ``meta`` keeps the metrics read since the last log line, so that a resumed
+  run logs the same means as an uninterrupted one. A signal is acted on after the step in
+  flight: that step is saved (and the save waited for) before returning.
   """
   progress = writers.Progress(config.num_steps, enabled=writer.enabled)
-  last_saved = start_step or None
   pending: list[Any] = []  # device metrics not yet read
-  interval: list[dict[str, float]] = []  # read since the last log line
-  record, train_time, interval_time, tick = None, 0.0, 0.0, time.perf_counter()
+  interval: list[dict[str, float]] = list(meta.get("interval") or [])  # since the last log
+  record, train_time, interval_time, timed = None, 0.0, 0.0, 0
+  if signals.signum is not None:
+    return state, record, train_time, start_step
+  tick = time.perf_counter()
   for step in range(start_step, config.num_steps):
     batch = strategy.put_batch(evaluate_lib.select(train_ds[step], model.interface))
     state, metrics = train_step(state, batch)
     pending.append(metrics)
+    ckpt.poll()  # a failed save stops the run here, at the next step
     done = step + 1
     last = done == config.num_steps
+    stop = signals.signum is not None and not last  # the last step saves and evaluates
     log = done % config.log_every == 0 or last
-    save = last or (config.checkpoint_every and done % config.checkpoint_every == 0)
+    save = last or stop or (config.checkpoint_every and done % config.checkpoint_every == 0)
     evaluate = config.eval_every and done % config.eval_every == 0 and not last
     if not (log or save or evaluate):
       continue
     for i, values in enumerate(strategy.get(pending)):  # waits for these steps
       values = {k: float(v) for k, v in values.items()}
-      _check_finite(done - len(pending) + i + 1, values, ckpt.directory, last_saved)
+      _check_finite(done - len(pending) + i + 1, values, ckpt.directory, ckpt.latest)
       interval.append(values)
+    timed += len(pending)
     pending = []
     interval_time += time.perf_counter() - tick
     if log:
-      steps_per_s = len(interval) / max(interval_time, 1e-9)
+      steps_per_s = timed / max(interval_time, 1e-9)
       record = {k: float(np.mean([m[k] for m in interval])) for k in interval[0]}
       record.update(learning_rate=float(model.schedule(done - 1)), steps_per_s=steps_per_s,
                     tokens_per_s=steps_per_s * tokens_per_step)
       writer.write(done, record)
       progress.report(done, record["loss"], steps_per_s, record["tokens_per_s"])
       train_time += interval_time
-      interval, interval_time = [], 0.0
+      interval, interval_time, timed = [], 0.0, 0
     if save:
-      ckpt.save(done, strategy.to_checkpoint(state))
-      last_saved = done
+      ckpt.save(done, strategy.to_checkpoint(state), dict(meta, interval=interval))
     if evaluate:
       writer.write_eval(done, evaluator(state))
+    if stop:
+      ckpt.wait()
+      return state, record, train_time + interval_time, done
     tick = time.perf_counter()  # saving and evaluating is not training time
-  return state, record, train_time
+  return state, record, train_time, None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config.model`` on ``config.task``, evaluates every split, writes ``workdir``.
 
-  Resumes from the latest checkpoint in ``workdir/checkpoints`` if there is one. Writes
+  Resumes from the latest readable checkpoint in ``workdir/checkpoints`` if there is one,
+  after comparing the config it holds with ``config`` (see ``config.RUN_FIELDS``); a run
+  that already finished is left as it is. Holds ``workdir/run.lock`` while it runs. Writes
   ``metrics.jsonl``, ``eval.jsonl``, ``tensorboard/``, ``checkpoints/``, ``config.json``,
   ``results.json`` and ``results.md`` (process 0 only, apart from checkpoints).
 
@@ -181,8 +200,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The contents of ``workdir/results.json``.
 
   Raises:
-    ValueError: a bad config field or value, model/task mismatch or unusable workdir.
+    ValueError: a bad config field or value, model/task mismatch, unusable path, or a
+      config that changes the checkpoint's run (without ``config.resume='force'``).
     NonFiniteLossError: the loss became NaN/Inf (no checkpoint is written for that state).
+    faults.RunError: the workdir is in use, a checkpoint cannot be saved or none can be
+      read, the disk is full, or (``faults.Interrupted``) SIGTERM/SIGINT stopped the run
+      after saving its last step.
   """
   wall_start = time.perf_counter()
   config = config_lib.validate(config)
@@ -190,9 +213,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.initialize(parallel.cluster_from(par.coordinator_address, par.num_processes,
                                             par.process_id))
   workdir = outputs.prepare_workdir(workdir)
+  faults.check_writable(os.path.join(workdir, "checkpoints"), "checkpoint folder")
+  if "data_dir" in config.task:
+    from seqscale.data.synthetic import default_data_dir  # pylint: disable=g-import-not-at-top
+    faults.check_writable(default_data_dir(config.task.data_dir), "config.task.data_dir",
+                          may_be_read_only=True)
+  try:
+    with contextlib.ExitStack() as stack:
+      if jax.process_index() == 0:
+        stack.enter_context(faults.workdir_lock(workdir))
+      ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
+      stack.callback(ckpt.close)  # waits for the last save
+      return _run(config, workdir, ckpt, wall_start)
+  except OSError as e:
+    if e.errno not in WRITE_ERRORS:
+      raise
+    raise faults.RunError(f"cannot write {e.filename or workdir}: {e.strerror}") from None
+
+
+def _finished(results: Any, config: ml_collections.ConfigDict) -> bool:
+  return (isinstance(results, dict) and results.get("status", "finished") == "finished"
+          and results.get("num_steps") == config.num_steps)
+
+
+def _acceptor(config: ml_collections.ConfigDict, directory: str, history: list[Any]
+              ) -> Callable[[int, dict[str, Any]], bool]:
+  """``accept(step, meta)`` for ``Checkpointer.restore_latest``: refuses (ValueError, one
+  line) a config that changes the checkpoint's run, unless forced; records the changes it
+  accepts in ``history`` (those of earlier resumes first)."""
+  now = outputs.json_safe(config.to_dict())
+
+  def accept(step: int, meta: dict[str, Any]) -> bool:
+    if config.num_steps < step:
+      raise ValueError(f"config.num_steps={config.num_steps} is below the step of checkpoint "
+                       f"{step} in {directory}; use num_steps >= {step} or a new --workdir")
+    diffs = config_lib.changes(meta["config"], now)
+    run = [d for d in diffs if d["changes_run"]]
+    if run and config.resume != "force":
+      raise ValueError(
+          f"the config differs from checkpoint {step} in {directory}: " + "; ".join(
+              f"{d['field']} {d['old']!r} -> {d['new']!r}" for d in run) +
+          "; use a new --workdir, or --config.resume=force to continue anyway")
+    history[:] = list(meta.get("changes") or []) + [
+        {"step": step, "field": d["field"], "old": d["old"], "new": d["new"],
+         "forced": d["changes_run"]} for d in diffs]
+    for d in run:
+      logging.warning("resume forced: %s %r -> %r at step %d", d["field"], d["old"], d["new"],
+                      step)
+    return bool(run)
+
+  return accept
+
+
+def _already_finished(config: ml_collections.ConfigDict, workdir: str,
+                      ckpt: checkpoint_lib.Checkpointer, accept: Callable[..., bool]
+                      ) -> dict[str, Any] | None:
+  """``results.json`` of a run that finished ``config.num_steps`` in ``workdir`` (saying so
+  in one line), after ``accept`` has checked the config; None when there is work to do."""
+  results_path = os.path.join(workdir, "results.json")
+  steps = ckpt.steps()
+  done = outputs.read_json(results_path)
+  if not (steps and steps[0] == config.num_steps and _finished(done, config)):
+    return None
+  try:
+    meta = ckpt.read_meta(steps[0])
+  except Exception:  # pylint: disable=broad-except  # damaged: restore_latest says so
+    return None
+  accept(steps[0], meta)  # a changed run is refused here too
+  if jax.process_index() == 0:
+    print(f"this run already finished ({config.num_steps} steps): results in {results_path} "
+          "and results.md; raise --config.num_steps to train on", flush=True)
+  return done
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.Checkpointer,
+         wall_start: float) -> dict[str, Any]:
   is_main = jax.process_index() == 0
+  history: list[dict[str, Any]] = []  # config changes accepted on resumes
+  accept = _acceptor(config, ckpt.directory, history)
+  done = _already_finished(config, workdir, ckpt, accept)
+  if done is not None:
+    return done
+
   task = get_task(config.task.to_dict())
-  strategy = parallel.make(par.strategy, par.num_devices)
+  strategy = parallel.make(config.parallel.strategy, config.parallel.num_devices)
   eval_batch_size = config.eval_batch_size or config.batch_size
   _check_batch("batch_size", config.batch_size, strategy)
   _check_batch("eval_batch_size", eval_batch_size, strategy)
@@ -201,15 +305,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   first_batch = train_ds[0]
   model = _model(config, task, first_batch)
 
-  ckpt = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints)
-  start_step = ckpt.latest_step() or 0
-  if start_step:
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=strategy.checkpoint_sharding), model.abstract_state)
-    state = strategy.from_checkpoint(ckpt.restore(start_step, target))
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=strategy.checkpoint_sharding), model.abstract_state)
+  found = ckpt.restore_latest(target, accept)
+  if found:
+    start_step, restored, meta = found
+    state = strategy.from_checkpoint(restored)
     logging.info("resumed from %s/%d", ckpt.directory, start_step)
   else:
+    start_step, meta = 0, {}
     state = strategy.init(model.init)
+  meta = {"config": outputs.json_safe(config.to_dict()), "changes": history,
+          "interval": meta.get("interval") or []}
   if is_main:
     outputs.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   logging.info("%s (%d parameters) on %s, %s on %d devices, steps %d -> %d",
@@ -224,26 +331,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   evaluator = evaluate_lib.Evaluator(task, strategy, model.eval_graphdef, model.interface,
                                      eval_batch_size, config.seed, shard)
-  try:
-    state, record, train_time = _train(config, state, start_step, train_step, train_ds, model,
-                                       strategy, ckpt, writer, evaluator, tokens_per_step)
-  finally:
-    ckpt.close()  # waits for the last save
-    writer.flush()
-  evals = evaluator(state)
-  writer.write_eval(config.num_steps, evals)
+  with faults.catch_signals() as signals:
+    state, record, train_time, stopped = _train(
+        config, state, start_step, train_step, train_ds, model, strategy, ckpt, writer,
+        evaluator, tokens_per_step, meta, signals)
+    ckpt.wait()
+  evals = {} if stopped is not None else evaluator(state)
+  if stopped is None:
+    writer.write_eval(config.num_steps, evals)
   writer.close()
 
-  if record is None:  # nothing trained in this process (it resumed at the end)
+  if record is None:  # no log line in this process (it resumed at the end, or stopped)
     record = _last_record(os.path.join(workdir, "metrics.jsonl")) or {}
-  steps_per_s = (config.num_steps - start_step) / train_time if train_time > 0 else 0.0
+  end = config.num_steps if stopped is None else stopped
+  steps_per_s = (end - start_step) / train_time if train_time > 0 else 0.0
   hparams = config.model.hparams
   results = {
+      "status": "finished" if stopped is None else f"interrupted by {signals.name}",
       "task": model.spec.name, "model": config.model.name, "num_params": model.num_params,
       "target_type": model.spec.target_type, "num_steps": config.num_steps,
-      "resumed_from_step": start_step, "final_train_loss": record.get("loss"),
-      "final_train_accuracy": record.get("accuracy"), "train_length": task.train_length,
-      "eval": evals, "baseline": dict(getattr(task, "baseline", None) or {}),
+      "steps_done": end, "resumed_from_step": start_step, "config_changes": history,
+      "final_train_loss": record.get("loss"), "final_train_accuracy": record.get("accuracy"),
+      "train_length": task.train_length, "eval": evals,
+      "baseline": dict(getattr(task, "baseline", None) or {}),
       "wall_time_s": time.perf_counter() - wall_start, "compile_time_s": compile_time,
       "eval_compile_time_s": evaluator.compile_time, "train_time_s": train_time,
       "steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * tokens_per_step,
@@ -255,6 +365,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   if is_main:
     _write_results(workdir, results)
+  if stopped is not None:
+    raise faults.Interrupted(
+        f"interrupted by {signals.name} at step {stopped} of {config.num_steps}: saved "
+        f"checkpoint {stopped} in {ckpt.directory} and the results so far; run the same "
+        "command to continue", signals.signum)
   return results
 
 
@@ -276,13 +391,20 @@ def _write_results(workdir: str, results: dict[str, Any]) -> None:
 def _markdown(results: dict[str, Any]) -> str:
   loss = "MSE" if results["target_type"] == "regression" else "cross-entropy"
   fmt = lambda v: "-" if v is None else f"{v:.4f}"
-  lines = [f"{results['model']} on {results['task']}: {results['num_steps']} steps, "
+  status = results.get("status", "finished")
+  steps = (f"{results['num_steps']} steps" if status == "finished" else
+           f"{status} at step {results['steps_done']} of {results['num_steps']} (no evaluation)")
+  lines = [f"{results['model']} on {results['task']}: {steps}, "
            f"final train loss {fmt(results['final_train_loss'])}", "",
            f"| split | length | loss ({loss}) | accuracy | whole-sequence accuracy |",
            "|---|---|---|---|---|"]
   for split, m in results["eval"].items():
     lines.append(f"| {split} | {m['length']} | {fmt(m.get('loss'))} | "
                  f"{fmt(m.get('accuracy'))} | {fmt(m.get('seq_accuracy'))} |")
+  if results.get("config_changes"):
+    lines += ["", "config changed on resume: " + "; ".join(
+        f"{c['field']} {c['old']!r} -> {c['new']!r} at step {c['step']}"
+        + (" (forced)" if c["forced"] else "") for c in results["config_changes"])]
   if results["baseline"]:
     lines += ["", "baseline (train length): " + ", ".join(
         f"{k} {v:.4f}" for k, v in results["baseline"].items())]
