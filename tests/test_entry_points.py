@@ -27,6 +27,7 @@ ENTRY_POINTS = {
     "overview": (["--sections=running_sum,bogus"], "--sections", ["--quick"]),
     "long_range": (["--models=lstm,rnn"], "--models", ["--quick"]),
     "results": (["--only=nope"], "--only", ["--compose_only"]),
+    "parallel_rnn": (["--repeats=0"], "--repeats", ["--quick"]),
 }
 # A 0 that used to mean "the default" (or ran the full sweep) is refused, naming the flag.
 ZEROS = {

@@ -47,7 +47,8 @@ from seqscale.studies import table1
 Row = dict[str, Any]
 Progress = Callable[[str], None]
 
-SECTIONS = ("running_sum", "connectivity", "table1", "step_time", "sharding", "training")
+SECTIONS = ("running_sum", "connectivity", "table1", "step_time", "sharding", "training",
+            "parallel_rnn")
 STEP_MODELS = ("lstm", "wavenet", "transformer", "mingru")
 SHARDING_STRATEGIES = ("attention_compiler", "lstm_carry_passing")
 TABLE1_LAYERS = ("self_attention", "lstm", "conv", "dilated_conv",
@@ -129,6 +130,14 @@ def section_running_sum(s: Settings, workdir: str, progress: Progress) -> Row:
                                     repeats=s.repeats, progress=progress)
   running_sum.plot_sweep(rows, os.path.join(workdir, "running_sum.png"))
   return {"seed_demo": demo, "rows": rows, "skipped": skipped, "plots": ["running_sum.png"]}
+
+
+def section_parallel_rnn(s: Settings, workdir: str, progress: Progress) -> Row:
+  """An LSTM's sequential depth against T under lax.scan and under DEER (``ops.newton``),
+  beside the Newton iterations DEER needed (``studies.parallel_rnn``)."""
+  from seqscale.studies import parallel_rnn_overview  # pylint: disable=g-import-not-at-top
+  lengths = (64, 256, 1024) if s.quick else (64, 256, 1024, 4096)
+  return parallel_rnn_overview.section(workdir, lengths, progress=progress)
 
 
 def section_connectivity(s: Settings, workdir: str, progress: Progress) -> Row:
@@ -264,7 +273,8 @@ def run(settings: Settings, workdir: str, progress: Progress = print) -> Row:
   workdir = outputs.prepare_workdir(workdir)
   fns = {"running_sum": section_running_sum, "connectivity": section_connectivity,
          "table1": section_table1, "step_time": section_step_time,
-         "sharding": section_sharding, "training": section_training}
+         "sharding": section_sharding, "training": section_training,
+         "parallel_rnn": section_parallel_rnn}
   start = time.perf_counter()
   recorded = dataclasses.asdict(dataclasses.replace(settings, train_configs={}))
   recorded["train_configs"] = {k: c.to_dict() for k, c in training_configs(settings).items()}

@@ -18,6 +18,7 @@ TITLES = {
     "step_time": "step time against sequence length, forward and forward+backward",
     "sharding": "2 devices: attention's FLOPs per device against the LSTM's critical path",
     "training": "a short training on running_sum, accuracy at the training length and 4x",
+    "parallel_rnn": "a nonlinear RNN in parallel over time: LSTM depth, lax.scan against DEER",
 }
 
 
@@ -244,6 +245,9 @@ def summary_rows(results: Row) -> list[Row]:
     add("sharding", "2-device sequence sharding", _sharding_text(secs["sharding"]))
   if "training" in secs:
     add("training", "running_sum accuracy", _training_text(secs["training"]))
+  if "parallel_rnn" in secs:
+    add("parallel_rnn", "LSTM depth against T: lax.scan vs DEER",
+        secs["parallel_rnn"]["summary"])
   return rows
 
 
@@ -342,4 +346,10 @@ def markdown(results: Row) -> str:
     sec = secs["training"]
     lines += ["## 6. " + TITLES["training"], "", running_sum.training_table(sec["rows"]),
               _images(sec)]
+  if "parallel_rnn" in secs:
+    sec = secs["parallel_rnn"]
+    lines += ["## 7. " + TITLES["parallel_rnn"], "",
+              "Sequential depth read off the program, DEER run with the iterations k it "
+              "needed fixed (full study: `python -m experiments.parallel_rnn`): "
+              + sec["summary"], "", _images(sec)]
   return "\n".join(lines)
