@@ -57,8 +57,11 @@ def _read(path: str) -> Any:
 
 def _context_line(ctx: dict[str, Any], run: dict[str, Any], cores: int | None) -> str:
   devices = f"{ctx.get('device_count', '?')} x {ctx.get('device_kind', '?')}"
+  cpu = ctx.get("cpu") and ctx["cpu"] + (
+      f" [{', '.join(ctx['cpu_flags'])}]" if ctx.get("cpu_flags") else "")
   parts = [f"backend {ctx.get('backend', '?')} ({devices}"
            + (f", {cores} CPU cores" if cores else "") + ")",
+           f"CPU {cpu}" if cpu else None,
            f"jax {ctx.get('jax', '?')}" + (f", flax {ctx['flax']}" if ctx.get("flax") else ""),
            f"git {str(ctx.get('git_commit'))[:10]}" if ctx.get("git_commit") else None,
            f"run {run['date']}" if run.get("date") else None,
