@@ -101,6 +101,14 @@ def test_quick_overview_end_to_end(tmp_path):
   assert kinds["conv"]["receptive_field"] == [3, 5, 7, 8]
   assert kinds["dilated_conv"]["receptive_field"] == [2, 4, 8, 8]
   assert kinds["attention"]["receptive_field"] == [8] * 4
+  # The LSTM's chain under lax.scan: 8 dependent ops per step (+1); DEER's k iterations
+  # each add about 4 log2 T, far less than T.
+  prnn = {(r["method"], r["T"]): r for r in secs["parallel_rnn"]["rows"]}
+  for T in (64, 256, 1024):
+    assert prnn["sequential", T]["sequential_depth"] == 8 * T + 1
+    assert prnn["deer", T]["sequential_depth"] < prnn["sequential", T]["sequential_depth"] / 4
+  assert md.index("## 6.") < md.index("## 7.")
   for png in ("running_sum.png", "connectivity.png", "story.png", "step_time.png",
-              "sharding.png", "training.png", "table1/depth_vs_n.png"):
+              "sharding.png", "training.png", "table1/depth_vs_n.png",
+              "parallel_rnn_depth.png"):
     assert f"]({png})" in md and os.path.getsize(tmp_path / png) > 1000
