@@ -117,8 +117,8 @@ def compose(experiments: Sequence[Experiment], workdir: str, out_path: str,
   their plots into ``docs_dir``; returns the text. ``regenerate``: the command line that
   reruns what is missing and gathers again (the entry point's), shown at the top."""
   docs_rel = os.path.relpath(docs_dir, os.path.dirname(os.path.abspath(out_path)))
-  if os.path.isdir(docs_dir):
-    shutil.rmtree(docs_dir)  # plots of experiments no longer listed go too
+  for e in experiments:  # this experiment's old plots go; other experiments' stay
+    shutil.rmtree(os.path.join(docs_dir, e.name), ignore_errors=True)
   rows = []
   for e in experiments:
     run_path = os.path.join(workdir, e.name, "run.json")
