@@ -3,6 +3,8 @@
 code 2, no traceback, and come before any work (``experiments.cli``)."""
 
 import concurrent.futures
+import fcntl
+import json
 import os
 import re
 import subprocess
@@ -72,10 +74,7 @@ def _run(name, args, tmp):
           "seconds": time.perf_counter() - start, "files": sorted(os.listdir(tmp))}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Every case at once, a few processes at a time (they spend their time importing)."""
-  tmp = str(tmp_path_factory.mktemp("entry_points"))
+def _run_all(tmp):
   cases = {}
   for name, (bad, _, extra) in ENTRY_POINTS.items():
     cases[name, "help"] = ["--help"]
@@ -88,6 +87,26 @@ def runs(tmp_path_factory):
     futures = {case: pool.submit(_run, case[0], args, os.path.join(tmp, "_".join(case)))
                for case, args in cases.items()}
     return {case: f.result() for case, f in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, request):
+  """Every case at once, a few processes at a time (they spend their time importing).
+
+  Under pytest-xdist each worker would run the module's fixture again; the first worker to
+  get here runs the cases and the others read its results (a lock in the session's shared
+  temporary folder)."""
+  root = tmp_path_factory.getbasetemp()
+  if hasattr(request.config, "workerinput"):
+    root = root.parent
+  cache = root / "entry_points_runs.json"
+  with open(root / "entry_points.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if cache.exists():
+      return {tuple(k.split("|", 1)): v for k, v in json.loads(cache.read_text()).items()}
+    results = _run_all(str(root / "entry_points"))
+    cache.write_text(json.dumps({"|".join(k): v for k, v in results.items()}))
+    return results
 
 
 def _one_error_line(r, *words):
