@@ -16,7 +16,8 @@ Hardware: CPU, 2 cores: 3.2 min measured in a fresh virtual environment with no 
 data (3.6 min in another run; see README / RESULTS.md); a GPU or TPU is faster,
 and longer runs are flags away (``--train_steps``, ``--sharding_devices``; the full
 experiments are ``experiments.running_sum``, ``table1``, ``bench``, ``sharding``).
-On a CPU with one device the sharding section forces 2 host devices in a subprocess.
+Where there are fewer devices than ``--sharding_devices`` (a CPU, a one-chip Colab TPU, a
+single GPU), the sharding section measures them as forced CPU host devices in a subprocess.
 Expected result: the seed's [2, 7, 10, 17] three ways; sequential depth 2n + 1 (scan),
 ~2 log2 n (associative scan), 14 (attention); attention FLOPs ~n^2 and depth O(1), LSTM
 depth O(n); at a fixed number of tokens per step the CPU time of lstm, wavenet and mingru
@@ -25,7 +26,10 @@ attention FLOPs per device x0.5 on 2 devices,
 LSTM critical path x1.0; in 1,000 steps only the LSTM learns running_sum (measured: 0.98
 at the training length, 0.87 at 4x; wavenet, transformer, mingru 0.13-0.31, chance 0.10).
 Bad input (flags, settings, --workdir) ends with one ``error:`` line on stderr and exit code
-2, before any work; a failure while running, exit code 1 (``experiments.cli``).
+2, before any work; a failure while running, exit code 1 (``experiments.cli``). A section
+that fails is reported in overview.md and results.json, the others run and are kept (each
+written as soon as it finishes), and the run then ends with exit code 1 and one line naming
+the failed sections.
 """
 
 import dataclasses
@@ -48,7 +52,8 @@ _TRAIN_MODELS = flags.DEFINE_list("train_models", ["lstm", "wavenet", "transform
                                   "Models trained on running_sum (names in "
                                   "experiments/configs/running_sum.py MODELS).")
 _SHARDING_DEVICES = flags.DEFINE_integer("sharding_devices", 2, "Devices of the sharding "
-                                         "check (forced host devices on a CPU).", lower_bound=2)
+                                         "check (forced CPU host devices where fewer exist).",
+                                         lower_bound=2)
 cli.check_names(_SECTIONS, overview.SECTIONS)
 cli.check_names(_TRAIN_MODELS, running_sum_config.MODELS)
 
@@ -71,6 +76,9 @@ def main(s: overview.Settings, workdir: str) -> None:
   print("\n" + overview_report.summary_table(results["summary"]), flush=True)
   print(f"wrote {workdir}/overview.md, results.json and plots "
         f"({results['seconds']['total']:.0f} s)", flush=True)
+  failed = overview_report.failure_line(results)
+  if failed:
+    raise RuntimeError(failed)
 
 
 if __name__ == "__main__":

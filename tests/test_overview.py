@@ -66,6 +66,112 @@ def test_training_configs_are_set_for_the_overview():
   assert s.train_configs["lstm"].num_steps != 40  # the settings' config is left as it was
 
 
+def _sharding_rows(counts, strategies, sizes, repeats=3):
+  """Rows shaped like ``sharding.subprocess_rows``'s (attention halves, the LSTM does not)."""
+  del sizes, repeats
+  return [dict(strategy=s, devices=n, flops_per_device=100.0 / (n if s.startswith("att") else 1),
+               critical_path=257 if s.startswith("lstm") else 13, collective_bytes=64 * (n - 1),
+               max_abs_err=0.0, forced_cpu_devices=max(counts), processes=1)
+          for n in counts for s in strategies]
+
+
+@pytest.mark.parametrize("backend", ["tpu", "gpu"])
+def test_one_device_accelerator_measures_sharding_on_forced_cpu_devices(tmp_path, monkeypatch,
+                                                                         backend):
+  # A one-chip Colab TPU or a single GPU, simulated: what the overview asks of JAX.
+  monkeypatch.setattr(overview.jax, "default_backend", lambda: backend)
+  monkeypatch.setattr(overview.jax, "device_count", lambda: 1)
+  calls = []
+  monkeypatch.setattr(overview.sharding, "subprocess_rows",
+                      lambda *a, **kw: calls.append(a) or _sharding_rows(*a, **kw))
+  monkeypatch.setattr(overview.sharding, "measure", lambda *a, **kw: pytest.fail(
+      "measured on the one accelerator instead of forced CPU devices"))
+  lines = []
+  s = dataclasses.replace(overview.QUICK, sections=("sharding",), sharding_devices=4,
+                          sharding_T=32)
+  results = overview.run(s, str(tmp_path), progress=lines.append)
+  [(counts, strategies, sizes)] = calls
+  assert counts == (1, 4) and tuple(strategies) == overview.SHARDING_STRATEGIES
+  assert sizes.T == 32
+  assert not results["failed"] and results["status"] == "finished"
+  where = results["sections"]["sharding"]["where"]
+  assert where.startswith("on 4 forced CPU host devices in a subprocess")
+  assert f"is 1 {backend} device here" in where
+  assert any(where in line for line in lines)
+  assert where in (tmp_path / "overview.md").read_text()
+  assert os.path.getsize(tmp_path / "sharding.png") > 1000
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["sections"]["sharding"]["rows"][-1]["forced_cpu_devices"] == 4
+
+
+def test_failed_section_is_reported_others_kept_each_written_when_done(tmp_path, monkeypatch):
+  results_json, md = tmp_path / "results.json", tmp_path / "overview.md"
+  seen = {}
+
+  def step_time(s, workdir, progress):
+    assert not results_json.exists()  # nothing is written before the first section ends
+    return {"rows": [], "plots": []}
+
+  def sharding_fails(s, workdir, progress):
+    seen["after_step_time"] = json.loads(results_json.read_text())
+    raise RuntimeError("the sharding subprocess\nfailed")
+
+  def parallel_rnn(s, workdir, progress):
+    seen["after_sharding"] = json.loads(results_json.read_text())
+    seen["md_after_sharding"] = md.read_text()
+    return {"summary": "depth 513 -> 97", "rows": [], "plots": []}
+
+  monkeypatch.setattr(overview, "section_step_time", step_time)
+  monkeypatch.setattr(overview, "section_sharding", sharding_fails)
+  monkeypatch.setattr(overview, "section_parallel_rnn", parallel_rnn)
+  lines = []
+  s = dataclasses.replace(overview.QUICK, sections=("parallel_rnn", "sharding", "step_time"))
+  results = overview.run(s, str(tmp_path), progress=lines.append)
+
+  first, second = seen["after_step_time"], seen["after_sharding"]
+  assert first["status"] == "running" and list(first["sections"]) == ["step_time"]
+  assert first["pending"] == ["sharding", "parallel_rnn"] and not first["failed"]
+  assert list(second["sections"]) == ["step_time"] and second["pending"] == ["parallel_rnn"]
+  assert second["failed"]["sharding"]["error"] == "RuntimeError: the sharding subprocess failed"
+  assert "raise RuntimeError" in second["failed"]["sharding"]["traceback"]
+  assert "`sharding`: RuntimeError: the sharding subprocess failed" in seen["md_after_sharding"]
+  assert "not yet run: parallel_rnn." in seen["md_after_sharding"]
+
+  final = json.loads(results_json.read_text())
+  assert final == json.loads(json.dumps(results))
+  assert final["status"] == "finished" and final["pending"] == []
+  assert list(final["sections"]) == ["step_time", "parallel_rnn"]
+  assert list(final["failed"]) == ["sharding"]
+  assert any("sharding FAILED: RuntimeError" in line for line in lines)
+  assert any("parallel_rnn done in" in line for line in lines)
+  rows = {r["section"]: r["measured"] for r in final["summary"]}
+  assert rows["sharding"] == "FAILED: RuntimeError: the sharding subprocess failed"
+  assert rows["parallel_rnn"] == "depth 513 -> 97"
+  text = md.read_text()
+  assert "1 section(s) failed" in text and "depth 513 -> 97" in text
+  assert "Incomplete" not in text
+  assert overview_report.failure_line(final) == (
+      "1 overview section(s) failed: sharding: RuntimeError: the sharding subprocess failed "
+      "(kept: step_time, parallel_rnn; see overview.md and results.json)")
+  assert overview_report.failure_line(seen["after_step_time"]) is None
+
+
+def test_interrupted_training_stops_the_run_keeping_what_was_measured(tmp_path, monkeypatch):
+  from seqscale import train  # pylint: disable=g-import-not-at-top
+
+  def interrupted(s, workdir, progress):
+    raise train.Interrupted("SIGTERM: stopped after saving step 4", 15)
+
+  monkeypatch.setattr(overview, "section_step_time", lambda *a: {"rows": [], "plots": []})
+  monkeypatch.setattr(overview, "section_sharding", interrupted)
+  s = dataclasses.replace(overview.QUICK, sections=("step_time", "sharding", "parallel_rnn"))
+  with pytest.raises(train.Interrupted):
+    overview.run(s, str(tmp_path), progress=lambda line: None)
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["status"] == "running" and list(on_disk["sections"]) == ["step_time"]
+  assert not on_disk["failed"]
+
+
 @pytest.mark.slow
 def test_quick_overview_end_to_end(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.overview", "--quick",

@@ -2,7 +2,8 @@
 
 - ``data_parallel``: ``jax.jit`` over a ``('data',)`` mesh with ``NamedSharding`` (primary)
   and ``jax.pmap`` with ``pmean`` (kept because users know it), behind one interface.
-- ``multihost``: ``jax.distributed.initialize`` from config or ``JAX_*`` environment.
+- ``multihost``: ``jax.distributed.initialize`` from config or ``JAX_*`` environment, or
+  without arguments where SLURM, Open MPI or a TPU pod's variables say several processes.
 - ``mesh``: the ``('data', 'seq')`` mesh, parameter and batch shardings; Auto vs Explicit.
 - ``sequence``: sequence-parallel attention: the compiler's, and ring attention.
 - ``sequence_scan``: carry passing (nonlinear), layer wavefront, sharded linear scan.

@@ -1,6 +1,6 @@
 """The overview: seqscale's argument measured small, in one report (``experiments.overview``).
 
-Six sections, each a call into the library that the full experiments make at full size:
+Seven sections, each a call into the library that the full experiments make at full size:
 
 1. ``running_sum``: the seed's [2, 5, 3, 7] -> [2, 7, 10, 17] by ``lax.scan``,
    ``lax.associative_scan`` and attention, and the sequential depth of each against n
@@ -13,16 +13,19 @@ Six sections, each a call into the library that the full experiments make at ful
    ``transformer`` and ``mingru`` against T at a fixed number of tokens per step
    (``seqscale.studies.bench``);
 4. ``sharding``: on 2 devices, causal attention's FLOPs per device halve and the LSTM's
-   critical path does not (``seqscale.studies.sharding``; on a CPU with one device the
-   2 devices are forced host devices in a subprocess);
+   critical path does not (``seqscale.studies.sharding``; where there are fewer devices
+   than that, a CPU or a one-chip GPU/TPU, the devices are forced CPU host devices in a
+   subprocess);
 5. ``training``: the four families trained briefly on ``running_sum``, accuracy at the
    training length and at 4x (``seqscale.train``; the trainer configs come in
    ``Settings.train_configs``, built by the experiment from
    ``experiments/configs/running_sum.py``).
 
 ``run`` writes ``overview.md`` (tables and plots), ``results.json`` and the PNGs, prints a
-progress line per section and the summary table at the end. The report text lives in
-``overview_report``.
+progress line per section and the summary table at the end. Both files are rewritten
+(atomically) as soon as each section finishes, so an interrupted run keeps what it measured;
+a section that raises is reported in both (``results["failed"]``) and the run goes on with
+the next. The report text lives in ``overview_report``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import traceback
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -187,26 +191,34 @@ def sharding_rows(counts: Sequence[int], strategies: Sequence[str], sizes: shard
                   repeats: int = 3) -> list[Row]:
   """``sharding.measure`` rows for each device count in ``counts``.
 
-  Runs here where JAX has enough devices; on a CPU with fewer, in one subprocess with
-  ``--xla_force_host_platform_device_count=max(counts)`` (the flag must be set before JAX
-  starts). Raises ``ValueError`` on a GPU/TPU with too few devices.
+  Runs here where JAX has ``max(counts)`` devices. Elsewhere (a CPU with fewer, or a GPU or
+  TPU with fewer: a one-chip Colab TPU, a single-GPU machine) it runs in one subprocess on
+  ``max(counts)`` forced CPU host devices (``JAX_PLATFORMS=cpu`` and
+  ``--xla_force_host_platform_device_count``, set before JAX starts there); those rows
+  carry ``forced_cpu_devices``. FLOPs per device and the critical path, the section's
+  numbers, are properties of the program and the same on either.
   """
-  need = max(counts)
-  if jax.device_count() >= need:
+  if jax.device_count() >= max(counts):
     return [sharding.measure(name, n, sizes, repeats=repeats)
             for n in counts for name in strategies]
-  if jax.default_backend() != "cpu":
-    raise ValueError(f"sharding_devices={need}: only {jax.device_count()} "
-                     f"{jax.default_backend()} devices here")
   return sharding.subprocess_rows(counts, strategies, sizes, repeats=repeats)
+
+
+def sharding_where(num_devices: int) -> str:
+  """Where ``sharding_rows`` measures ``num_devices`` devices, as one line."""
+  have, backend = jax.device_count(), jax.default_backend()
+  if have >= num_devices:
+    return f"on {num_devices} of the {have} {backend} devices here"
+  return (f"on {num_devices} forced CPU host devices in a subprocess (XLA_FLAGS="
+          f"--xla_force_host_platform_device_count={num_devices}), since there "
+          f"{'is' if have == 1 else 'are'} {have} {backend} device{'s' * (have > 1)} here")
 
 
 def section_sharding(s: Settings, workdir: str, progress: Progress) -> Row:
   """Attention and the LSTM's carry passing on 1 and ``s.sharding_devices`` devices."""
   counts = (1, s.sharding_devices)
-  if jax.device_count() < s.sharding_devices and jax.default_backend() == "cpu":
-    progress(f"forcing {s.sharding_devices} CPU host devices in a subprocess "
-             f"(XLA_FLAGS=--xla_force_host_platform_device_count={s.sharding_devices})")
+  where = sharding_where(s.sharding_devices)
+  progress("measuring " + where)
   rows = sharding_rows(counts, SHARDING_STRATEGIES, sharding.Sizes(T=s.sharding_T),
                        repeats=s.repeats)
   for r in rows:
@@ -215,7 +227,7 @@ def section_sharding(s: Settings, workdir: str, progress: Progress) -> Row:
              f"{r['max_abs_err']:.1e}")
   from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
   overview_report.plot_sharding(rows, os.path.join(workdir, "sharding.png"))
-  return {"rows": rows, "T": s.sharding_T, "plots": ["sharding.png"]}
+  return {"rows": rows, "T": s.sharding_T, "where": where, "plots": ["sharding.png"]}
 
 
 def training_configs(s: Settings) -> dict[str, Any]:
@@ -260,6 +272,13 @@ def section_training(s: Settings, workdir: str, progress: Progress) -> Row:
 def run(settings: Settings, workdir: str, progress: Progress = print) -> Row:
   """Runs the sections, writes ``overview.md``, ``results.json`` and PNGs; returns results.
 
+  Both files are rewritten (atomically) after every section, ``results["status"]`` saying
+  ``"running"`` until the last. A section that raises an ``Exception`` is recorded in
+  ``results["failed"]`` (``{name: {"error", "traceback"}}``) and reported in both files;
+  the others are kept and the run goes on (``overview_report.failure_line`` says it in a
+  line). ``train.Interrupted`` (SIGTERM/SIGINT during training) stops the run, after
+  writing what the finished sections measured.
+
   Args:
     settings: what to measure; its ``train_configs`` must not be empty when ``training``
       is among the sections.
@@ -278,23 +297,43 @@ def run(settings: Settings, workdir: str, progress: Progress = print) -> Row:
   start = time.perf_counter()
   recorded = dataclasses.asdict(dataclasses.replace(settings, train_configs={}))
   recorded["train_configs"] = {k: c.to_dict() for k, c in training_configs(settings).items()}
-  results: Row = {"experiment": "overview", "settings": outputs.json_safe(recorded),
-                  "context": outputs.run_context(seed=0, quick=settings.quick),
-                  "sections": {}, "seconds": {}}
   names = [n for n in SECTIONS if n in settings.sections]
+  results: Row = {"experiment": "overview", "status": "running", "settings":
+                  outputs.json_safe(recorded),
+                  "context": outputs.run_context(seed=0, quick=settings.quick),
+                  "sections": {}, "failed": {}, "pending": list(names), "seconds": {}}
   for i, name in enumerate(names, 1):
     progress(f"[overview {i}/{len(names)}] {name}: {overview_report.TITLES[name]} ...")
     t0 = time.perf_counter()
     prefix = f"[overview {i}/{len(names)} {name}] "
-    results["sections"][name] = fns[name](settings, workdir, lambda l: progress(prefix + l))
+    try:
+      results["sections"][name] = fns[name](settings, workdir, lambda l: progress(prefix + l))
+    except train.Interrupted:  # SIGTERM/SIGINT: stop, keeping what the sections measured
+      _write(results, workdir, start, finished=False)
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # reported; the others go on
+      error = " ".join(f"{type(e).__name__}: {e}".split())
+      results["failed"][name] = {"error": error, "traceback": traceback.format_exc()[-4000:]}
+      progress(f"[overview {i}/{len(names)}] {name} FAILED: {error} (the other sections go "
+               "on; overview.md and results.json report it)")
+    results["pending"].remove(name)
     results["seconds"][name] = round(time.perf_counter() - t0, 1)
-    progress(f"[overview {i}/{len(names)}] {name} done in {results['seconds'][name]} s "
-             f"(elapsed {time.perf_counter() - start:.0f} s)")
+    if name in results["sections"]:
+      progress(f"[overview {i}/{len(names)}] {name} done in {results['seconds'][name]} s "
+               f"(elapsed {time.perf_counter() - start:.0f} s)")
+    if (name in ("running_sum", "connectivity") and "running_sum" in results["sections"]
+        and "connectivity" in results["sections"]):
+      overview_report.plot_story(results["sections"], os.path.join(workdir, "story.png"))
+    _write(results, workdir, start, finished=i == len(names))
+  return results
+
+
+def _write(results: Row, workdir: str, start: float, finished: bool) -> None:
+  """``results.json`` and ``overview.md`` as they stand (atomic writes)."""
+  from seqscale.studies import overview_report  # pylint: disable=g-import-not-at-top
+  results["status"] = "finished" if finished else "running"
   results["seconds"]["total"] = round(time.perf_counter() - start, 1)
   results["load_average_1_5_15min"] = outputs.load_average()
   results["summary"] = overview_report.summary_rows(results)
-  if "running_sum" in results["sections"] and "connectivity" in results["sections"]:
-    overview_report.plot_story(results["sections"], os.path.join(workdir, "story.png"))
-  outputs.write_text(os.path.join(workdir, "overview.md"), overview_report.markdown(results))
   outputs.write_json(os.path.join(workdir, "results.json"), results)
-  return results
+  outputs.write_text(os.path.join(workdir, "overview.md"), overview_report.markdown(results))

@@ -248,7 +248,20 @@ def summary_rows(results: Row) -> list[Row]:
   if "parallel_rnn" in secs:
     add("parallel_rnn", "LSTM depth against T: lax.scan vs DEER",
         secs["parallel_rnn"]["summary"])
+  for name, failure in results.get("failed", {}).items():
+    add(name, TITLES[name], "FAILED: " + failure["error"])
   return rows
+
+
+def failure_line(results: Row) -> str | None:
+  """One line naming the sections that failed and their errors; None when none did."""
+  failed = results.get("failed", {})
+  if not failed:
+    return None
+  done = ", ".join(results["sections"]) or "none"
+  return (f"{len(failed)} overview section(s) failed: "
+          + "; ".join(f"{name}: {f['error']}" for name, f in failed.items())
+          + f" (kept: {done}; see overview.md and results.json)")
 
 
 def summary_table(rows: Sequence[Row]) -> str:
@@ -301,8 +314,15 @@ def markdown(results: Row) -> str:
            f"{ctx.get('device_count')} device(s)); jax {ctx.get('jax')}, flax "
            f"{ctx.get('flax', '?')}; git {str(ctx.get('git_commit'))[:10]}; "
            f"{results['seconds']['total']:.0f} s in all; load average "
-           f"{results.get('load_average_1_5_15min')}.", "",
-           "## Summary", "", summary_table(results["summary"])]
+           f"{results.get('load_average_1_5_15min')}.", ""]
+  if results.get("pending"):
+    lines += [f"**Incomplete** (still running, or stopped): {len(secs)} section(s) written, "
+              f"not yet run: {', '.join(results['pending'])}.", ""]
+  if results.get("failed"):
+    lines += [f"**{len(results['failed'])} section(s) failed** (the others are kept):", ""]
+    lines += [f"- `{name}`: {f['error']}" for name, f in results["failed"].items()]
+    lines += ["", "Their tracebacks are in `results.json` (`failed`).", ""]
+  lines += ["## Summary", "", summary_table(results["summary"])]
   if "running_sum" in secs:
     sec = secs["running_sum"]
     lines += ["## 1. " + TITLES["running_sum"], "", running_sum.seed_table(sec["seed_demo"]),
@@ -340,7 +360,8 @@ def markdown(results: Row) -> str:
     sec = secs["sharding"]
     lines += ["## 5. " + TITLES["sharding"], "",
               f"Causal attention and an LSTM at T = {sec['T']}, the sequence axis split over "
-              "the devices (full experiment: `python -m experiments.sharding`):", "",
+              "the devices, measured " + sec.get("where", "here")
+              + " (full experiment: `python -m experiments.sharding`):", "",
               _sharding_table(sec["rows"]), _images(sec)]
   if "training" in secs:
     sec = secs["training"]

@@ -315,9 +315,9 @@ def subprocess_rows(counts: Sequence[int], strategies: Sequence[str], sizes: Siz
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
                       f"{devices // processes}").strip()
+  env["JAX_NUM_PROCESSES"] = str(processes)  # explicit: no multi-host detection from SLURM/MPI
   if processes > 1:
-    env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
-               JAX_NUM_PROCESSES=str(processes))
+    env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{_free_port()}"
   arg = json.dumps({"counts": list(counts), "strategies": list(strategies),
                     "sizes": dataclasses.asdict(sizes), "repeats": repeats})
   errs = [tempfile.TemporaryFile("w+") for _ in range(processes)]  # no pipe fills up
