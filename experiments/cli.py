@@ -15,6 +15,7 @@ to ``run``:
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from typing import Any, Callable, NoReturn, Sequence
@@ -42,6 +43,23 @@ def fail(message: Any, code: int = USAGE) -> NoReturn:
     text = "--" + text
   print("error: " + text, file=sys.stderr, flush=True)
   sys.exit(code)
+
+
+class LiteralParser(flags.ArgumentParser):
+  """A Python literal (``3``, ``0.1``, ``True``/``true``, ``None``/``none``, ``(3, 3)``),
+  else the string itself (``bfloat16``, ``/tmp/data``)."""
+
+  def parse(self, argument: Any) -> Any:
+    if not isinstance(argument, str):
+      return argument
+    text = {"true": "True", "false": "False", "none": "None"}.get(argument, argument)
+    try:
+      return ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      return argument
+
+  def flag_type(self) -> str:
+    return "literal"
 
 
 class _IntListParser(flags.ListParser):
@@ -81,10 +99,13 @@ def check_names(holder: flags.FlagHolder, allowed: Sequence[str]) -> None:
                            message=f"allowed: {', '.join(allowed)} (comma-separated)")
 
 
-def _parse(argv: list[str], before: Callable[[list[str]], None] | None) -> list[str]:
+def _parse(argv: list[str], before: Callable[[list[str]], None] | None,
+           help_text: Callable[[list[str]], str] | None = None) -> list[str]:
   args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
   if any(a in _HELP or a in _HELPFULL for a in args):
     app.usage(shorthelp=not any(a in _HELPFULL for a in args), writeto_stdout=True)
+    if help_text is not None:
+      print("\n" + help_text(argv))
     if not any(a in _HELPFULL for a in args):
       print("\nTry --helpfull to get a list of all flags.")
     sys.exit(0)
@@ -103,7 +124,8 @@ def _parse(argv: list[str], before: Callable[[list[str]], None] | None) -> list[
 
 def run(main: Callable[[Any, str | None], Any], settings: Callable[[], Any], *,
         workdir: bool | Callable[[], bool] = True,
-        before_parse: Callable[[list[str]], None] | None = None) -> None:
+        before_parse: Callable[[list[str]], None] | None = None,
+        help_text: Callable[[list[str]], str] | None = None) -> None:
   """Parses the flags, then ``main(settings(), workdir)`` (see the module docstring).
 
   Args:
@@ -115,6 +137,8 @@ def run(main: Callable[[Any, str | None], Any], settings: Callable[[], Any], *,
       path (None when not needed).
     before_parse: called with ``argv`` before the flags are parsed (``train`` loads its
       ``--config`` there); it may call ``fail``.
+    help_text: called with ``argv`` on ``--help``/``--helpfull``; what it returns is printed
+      after the flags (``train`` lists its config's fields there).
   """
 
   def _main(argv: list[str]) -> None:
@@ -134,4 +158,4 @@ def run(main: Callable[[Any, str | None], Any], settings: Callable[[], Any], *,
     except RUNTIME_ERRORS as e:
       fail(e, 1)
 
-  app.run(_main, flags_parser=lambda argv: _parse(argv, before_parse))
+  app.run(_main, flags_parser=lambda argv: _parse(argv, before_parse, help_text))

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT
+from tests.test_cli_hparams import instantiate, readme_commands, readme_train_command
 
 QUICK = "--config=experiments/configs/running_sum.py:quick"
 # Entry point -> (a bad value and the flag it names, extra flags for the workdir check).
@@ -30,6 +31,8 @@ ENTRY_POINTS = {
     "long_range": (["--models=lstm,rnn"], "--models", ["--quick"]),
     "results": (["--only=nope"], "--only", ["--compose_only"]),
     "parallel_rnn": (["--repeats=0"], "--repeats", ["--quick"]),
+    "text_lm": (["--models=lstm,rnn"], "--models", ["--quick"]),
+    "generate": (["--length=0"], "--length", ["--prompt=x"]),
 }
 # A 0 that used to mean "the default" (or ran the full sweep) is refused, naming the flag.
 ZEROS = {
@@ -47,6 +50,7 @@ OTHER = {
     ("table1", "--workdir"): ["NOWORKDIR"],  # no --workdir: one line, not the docstring
     ("bench", "--nosuch"): ["--nosuch=1"],
     ("crossover", "unexpected arguments"): ["stray"],
+    ("generate", "no config.json"): ["--workdir=TMPDIR"],  # a folder without a run
 }
 FAST_S = 30  # a usage error comes before any work: the imports only, even on busy cores
 
@@ -65,7 +69,7 @@ def _run(name, args, tmp):
   elif not any(a.startswith("--workdir=") for a in args) and "--help" not in args \
       and "--helpfull" not in args:
     args = [*args, f"--workdir={os.path.join(tmp, 'work')}"]
-  args = [a.replace("FILE", a_file) for a in args]
+  args = [a.replace("FILE", a_file).replace("TMPDIR", tmp) for a in args]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   start = time.perf_counter()
   proc = subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=ROOT,
@@ -74,12 +78,29 @@ def _run(name, args, tmp):
           "seconds": time.perf_counter() - start, "files": sorted(os.listdir(tmp))}
 
 
+def _readme_args() -> dict[str, list[list[str]]]:
+  """README's command lines per entry point, distinct, without ``--workdir``; but the one
+  test_cli_hparams.py trains for real."""
+  out = {}
+  for name, args in readme_commands():
+    if name == "train" and args == readme_train_command():
+      continue
+    args = instantiate(args, "FILE")[:-1]
+    if args not in out.setdefault(name, []):
+      out[name].append(args)
+  return out
+
+
 def _run_all(tmp):
   cases = {}
+  readme = _readme_args()
   for name, (bad, _, extra) in ENTRY_POINTS.items():
     cases[name, "help"] = ["--help"]
     cases[name, "bad"] = bad
-    cases[name, "file"] = [*extra, "--workdir=FILE"]
+    # Every README command line of the entry point (else `extra`), a file as its workdir:
+    # its flags and settings pass, and it stops at the workdir check, before any work.
+    for i, args in enumerate(readme.get(name) or [extra]):
+      cases[name, "file" if i == 0 else f"file {i}"] = [*args, "--workdir=FILE"]
   cases["train", "helpfull"] = ["--helpfull"]
   cases.update({(name, "zero " + flag): args for (name, flag), args in ZEROS.items()})
   cases.update({(name, "other " + flag): args for (name, flag), args in OTHER.items()})
@@ -134,6 +155,10 @@ def test_helpfull_lists_every_flag_without_config(runs):
   r = runs["train", "helpfull"]
   assert r["code"] == 0, r["stderr"][-2000:]
   assert "--config:" in r["stdout"] and "--verbosity:" in r["stdout"]
+  for r in (runs["train", "help"], r):  # the trainer's fields at their defaults, and keywords
+    for field in ("seed=0", "optimizer.learning_rate=0.001", "parallel.strategy=jit"):
+      assert f"  --config.{field}" in r["stdout"], field
+    assert "--config.model.hparams.<keyword>=<value>: any keyword of model 'lstm'" in r["stdout"]
 
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
@@ -144,10 +169,11 @@ def test_a_bad_value_is_one_line_naming_the_flag(name, runs):
 
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_a_workdir_that_is_a_file_is_refused_before_any_work(name, runs):
-  r = runs[name, "file"]
-  _one_error_line(r, "--workdir=", "is a file")
-  assert r["files"] == ["a_file"] and r["stdout"] == ""  # nothing written, nothing measured
-  assert r["seconds"] < FAST_S, r["seconds"]
+  for case in [c for c in runs if c[0] == name and c[1].startswith("file")]:
+    r = runs[case]
+    _one_error_line(r, "--workdir=", "is a file")
+    assert r["files"] == ["a_file"] and r["stdout"] == ""  # nothing written or measured
+    assert r["seconds"] < FAST_S, r["seconds"]
 
 
 @pytest.mark.parametrize("name, flag", sorted(ZEROS))

@@ -149,6 +149,9 @@ def test_seq2seq_model_needs_a_seq2seq_task(tmp_path):
     ({"batch_size": 0}, r"config.batch_size=0"),
     ({"parallel": {"strategy": "spmd"}}, "allowed: jit, pmap"),
     ({"optimizer": {"schedule": "linear"}}, "allowed: cosine, rsqrt, constant"),
+    ({"prefetch": -1}, r"config.prefetch=-1; must be an integer >= 0"),
+    ({"model": {"hparams": {"dtype": "bf16"}}},
+     r"config.model.hparams.dtype='bf16'; allowed: float32, bfloat16, float16, float64"),
 ])
 def test_validate_names_the_bad_field(bad, match):
   with pytest.raises(ValueError, match=match):
@@ -306,3 +309,51 @@ def test_moe_balancing_loss_reaches_the_trainer(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   (record,) = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert record["aux_loss"] > 0
+
+
+# -- prefetch ------------------------------------------------------------------------------
+
+def test_prefetch_makes_the_same_items_ahead_in_a_thread_and_reraises():
+  import threading  # pylint: disable=g-import-not-at-top
+  from seqscale.data.prefetch import Prefetch  # pylint: disable=g-import-not-at-top
+  made, three_made = [], threading.Event()
+
+  def make(i):
+    made.append((i, threading.get_ident()))
+    if len(made) == 3:
+      three_made.set()
+    if i == 7:
+      raise OSError(f"cannot read batch {i}")
+    return {"batch": np.full(2, i)}
+
+  with Prefetch(make, range(4, 9), depth=2) as batches:
+    assert three_made.wait(60)  # 4, 5 queued and 6 made before anyone asked
+    assert all(thread != threading.get_ident() for _, thread in made)
+    for i in (4, 5, 6):
+      np.testing.assert_array_equal(batches.next(i)["batch"], [i, i])
+    with pytest.raises(OSError, match="cannot read batch 7"):
+      batches.next(7)
+  assert [i for i, _ in made] == [4, 5, 6, 7]
+  with Prefetch(make, range(3), depth=1) as blocked:  # closes while the thread waits
+    with pytest.raises(ValueError, match="index=1 is out of order; the next one is 0"):
+      blocked.next(1)
+  inline = Prefetch(lambda i: (i, threading.get_ident()), range(2), depth=0)
+  assert [inline.next(i) for i in range(2)] == [(i, threading.get_ident()) for i in range(2)]
+
+
+def test_resume_with_prefetch_equals_the_uninterrupted_run_without(tmp_path):
+  """A run without prefetch, and a resume from its step-2 checkpoint with prefetch on,
+  train on the same batches: losses and final parameters bit-identical."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  fields = {"num_steps": 5, "model.hparams.hidden_features": 16}  # as test_same_seed's
+  train.train_and_evaluate(tiny(**fields, checkpoint_every=2, prefetch=0),
+                           str(tmp_path / "whole"))
+  shutil.copytree(tmp_path / "whole" / "checkpoints" / "2",
+                  tmp_path / "resumed" / "checkpoints" / "2")
+  resumed = train.train_and_evaluate(tiny(**fields, prefetch=2), str(tmp_path / "resumed"))
+  assert resumed["resumed_from_step"] == 2
+  assert losses_of(str(tmp_path / "resumed")) == losses_of(str(tmp_path / "whole"))[2:]
+  (_, whole), (_, again) = (train.load_arrays(str(tmp_path / n)) for n in ("whole", "resumed"))
+  assert whole.keys() == again.keys()
+  for name, value in whole.items():
+    np.testing.assert_array_equal(again[name], value, err_msg=name)

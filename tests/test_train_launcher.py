@@ -40,6 +40,14 @@ BAD = {  # case: (config file, overrides, what the message says)
     "bad config argument": ("experiments/configs/running_sum.py:nosuch", [],
                             "config argument 'nosuch'"),
     "non-numeric value": (QUICK, ["--config.num_steps=many"], "--config.num_steps=many"),
+    "unknown hparam": (QUICK, ["--config.model.name=transformer",
+                               "--config.model.hparams.nosuch=1"],
+                       "config.model.hparams.nosuch: model 'transformer' takes no keyword "
+                       "'nosuch'; it takes: in_features, hidden_features, num_layers, "
+                       "num_heads"),
+    # Parsed (rank is None in the config): it gets as far as the workdir check.
+    "hparam the config leaves None": ("experiments/configs/flstm.py:quick",
+                                      ["--config.model.hparams.rank=4"], "is a file"),
 }
 
 
@@ -51,7 +59,7 @@ def bad_runs(tmp_path_factory):
   a_file.write_text("")
   procs = {}
   for case, (config, args, _) in BAD.items():
-    workdir = a_file if case == "workdir is a file" else tmp / case.replace(" ", "_")
+    workdir = a_file if BAD[case][2] == "is a file" else tmp / case.replace(" ", "_")
     env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     procs[case] = launch(f"--config={config}", *SMALL, *args, f"--workdir={workdir}", env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -80,3 +80,66 @@ def test_two_processes_agree_with_one(tmp_path):
   for split, loss in _eval_losses(tmp_path / "one").items():
     np.testing.assert_allclose(evals[split], loss, rtol=2e-5)
   assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["4", "8"]
+
+
+
+
+def test_pmap_draws_dropout_and_noise_per_device():
+  """Both devices get the same rows. The pmap train step of a one-parameter model with
+  dropout has the mean loss of that model called eagerly with its key folded with device
+  0 and with device 1 (the two differ; with the replicated keys every device drew the same
+  mask), and a noisy MoE layer gives each device its own output. The keys come back
+  replicated and unchanged. Without randomness pmap and jit agree:
+  ``test_jit_pmap_and_one_device_agree``."""
+  code = """
+import jax, jax.numpy as jnp, numpy as np, optax
+from flax import nnx
+from seqscale.models import moe
+from seqscale.train import step as step_lib
+stack = lambda t: jax.tree.map(lambda x: jnp.broadcast_to(x, (2,) + x.shape), t)
+key_data = lambda t: [np.asarray(jax.random.key_data(k)) for k in jax.tree.leaves(t)]
+
+class Scale(nnx.Module):
+  interface, regression = "sequence", True
+  def __init__(self):
+    self.w = nnx.Param(jnp.full((), 0.5))
+    self.dropout = nnx.Dropout(0.5, rngs=nnx.Rngs(0))
+  def __call__(self, batch):
+    return self.dropout(batch["inputs"] * self.w)
+
+batch = {"inputs": jnp.arange(1.0, 25.0).reshape(4, 6), "targets": jnp.zeros((4, 6)),
+         "weights": jnp.ones((4, 6))}
+model = Scale()
+keys = jax.tree.map(lambda k: k, nnx.state(model, nnx.RngKey))  # copies
+graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)))
+new, metrics = jax.pmap(step_lib.make_train_step(graphdef, "batch"), axis_name="batch")(
+    stack(state), stack(batch))
+back = nnx.state(nnx.merge(graphdef, new)[0], nnx.RngKey)
+per_device = []
+for index in range(2):
+  reference = Scale()
+  nnx.update(reference, jax.tree.map(lambda k: jax.random.fold_in(k, index), keys))
+  per_device.append(float(jnp.mean(reference(batch) ** 2)))
+print("step", repr(float(metrics["loss"][0])), *map(repr, per_device),
+      all((b == a).all() for a, b in zip(key_data(keys), key_data(back))))
+
+layer = moe.MoE(2, 2, 4, num_experts=2, k=1, noisy_gating=True, rngs=nnx.Rngs(0))
+graphdef, state = nnx.split(layer)
+def call(state, x):
+  layer = nnx.merge(graphdef, state)
+  keys = step_lib.fold_device_index(layer, "batch")
+  y = layer(x)
+  nnx.update(layer, keys)
+  return y, nnx.state(layer, nnx.RngKey)
+y, back = jax.pmap(call, axis_name="batch")(stack(state), stack(jnp.ones((3, 5, 2))))
+print("moe", float(jnp.abs(y[0] - y[1]).max()), all(
+    (b == a).all() for a, b in zip(key_data(nnx.state(layer, nnx.RngKey)), key_data(back))))
+"""
+  out = run_with_devices(code, 2)
+  lines = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+  pmap_loss, device0, device1, keys_back = lines["step"]
+  assert keys_back == "True", lines
+  assert abs(float(device0) - float(device1)) > 1e-3, lines
+  np.testing.assert_allclose(float(pmap_loss), (float(device0) + float(device1)) / 2, rtol=1e-6)
+  difference, keys_back = lines["moe"]
+  assert float(difference) > 1e-3 and keys_back == "True", lines

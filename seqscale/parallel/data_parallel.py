@@ -84,8 +84,11 @@ class JitDataParallel:
 class PmapDataParallel:
   """``jax.pmap`` over this process's devices; gradients averaged with ``pmean('batch')``.
 
-  Dropout: every device holds the same RNG state, so each device's rows get the same masks;
-  without dropout the losses equal one device's (with it, they are a different draw).
+  Randomness: every device holds the same (replicated) RNG state; the step folds the
+  device's index (``jax.lax.axis_index``) into its keys for the forward pass, so each
+  device draws its own dropout masks and MoE noise, and puts the replicated keys back
+  (``seqscale.train.step.fold_device_index``). Without randomness the losses equal one
+  device's; with it, they are another draw than ``jit``'s (which draws for the whole batch).
   """
 
   name = "pmap"

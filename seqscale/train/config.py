@@ -3,11 +3,14 @@
 Experiment configs (``experiments/configs/*.py``) name every field they care about; fields
 they leave out take the defaults below. ``config.task`` (apart from ``name``) holds the
 task's own keyword arguments and ``config.model.hparams`` the model's constructor keywords:
-both are checked by the task and the model themselves.
+their values are checked by the task and the model themselves, their names against the
+constructors' signatures by ``check_keywords`` (the command line does, before any work).
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any
 
 import ml_collections
@@ -22,6 +25,8 @@ RESUMES = ("", "force")
 RUN_FIELDS = ("seed", "task", "model", "optimizer", "batch_size")
 BOOKKEEPING_TASK_FIELDS = ("task.data_dir",)  # where the data lives, not what it is
 UNSET = "<unset>"
+# Dtypes a model's ``dtype`` (or ``*_dtype``) keyword may name, e.g. bfloat16 compute.
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_every = 0  # steps between evaluations; 0: only at the end
   c.checkpoint_every = 500  # steps between checkpoints; the last step is always saved
   c.keep_checkpoints = 3  # keep the last N checkpoints
+  c.prefetch = 2  # batches made ahead of the step by a background thread; 0: in the loop
   c.resume = ""  # 'force': resume even where RUN_FIELDS changed (results.json records it)
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"  # adamw | adam | sgd
@@ -84,6 +90,14 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
     raise ValueError(f"config.{name}={value!r}; must be an integer >= {minimum}")
 
 
+def _dtype_name(value: Any) -> str | None:
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  try:
+    return jnp.dtype(value).name
+  except TypeError:
+    return None
+
+
 def validate(config: ml_collections.ConfigDict | dict[str, Any]) -> ml_collections.ConfigDict:
   """Returns ``config`` filled with defaults; raises ValueError naming a bad field or value."""
   given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
@@ -102,6 +116,11 @@ def validate(config: ml_collections.ConfigDict | dict[str, Any]) -> ml_collectio
   _positive_int("eval_every", c["eval_every"], 0)
   _positive_int("checkpoint_every", c["checkpoint_every"], 0)
   _positive_int("keep_checkpoints", c["keep_checkpoints"])
+  _positive_int("prefetch", c["prefetch"], 0)
+  for key, value in c["model"]["hparams"].items():
+    if (key == "dtype" or key.endswith("_dtype")) and value is not None \
+        and _dtype_name(value) not in DTYPES:
+      raise ValueError(f"config.model.hparams.{key}={value!r}; allowed: {', '.join(DTYPES)}")
   if c["resume"] not in RESUMES:
     raise ValueError(f"config.resume={c['resume']!r}; allowed: '' (refuse a changed run) "
                      "or 'force'")
@@ -151,3 +170,69 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     run = (field.split(".")[0] in RUN_FIELDS and field not in BOOKKEEPING_TASK_FIELDS)
     out.append({"field": field, "old": a, "new": b, "changes_run": run})
   return out
+
+
+def keywords(kind: str, name: str) -> list[str] | None:
+  """The keywords the constructor of model or task ``name`` takes (``rngs`` left out).
+
+  Args:
+    kind: ``"model"`` (``config.model.hparams``) or ``"task"`` (``config.task``).
+    name: a registered name or a dotted path ``package.module:Class``.
+
+  Returns:
+    The keyword names in signature order, or None when it takes any (``**kwargs``).
+
+  Raises:
+    ValueError: an unknown name (the registry's message lists the known ones).
+  """
+  # pylint: disable=g-import-not-at-top
+  from seqscale import models
+  from seqscale.data import task as task_lib
+  from seqscale.registry import accepted_keywords
+  lookup = {"model": models.lookup, "task": task_lib.TASKS.lookup}[kind]
+  allowed = accepted_keywords(lookup(name))
+  return None if allowed is None else [k for k in allowed if k != "rngs"]
+
+
+def check_keywords(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming a key of ``config.model.hparams`` (or ``config.task``) that the
+  model's (task's) constructor does not take, and listing the keywords it takes."""
+  groups = (("model", "model.hparams", config.model.name, config.model.hparams),
+            ("task", "task", config.task.name, config.task))
+  for kind, group, name, fields in groups:
+    allowed = keywords(kind, name)
+    unknown = [] if allowed is None else sorted(set(fields) - set(allowed) - {"name"})
+    if unknown:
+      raise ValueError(
+          f"config.{group}.{unknown[0]}: {kind} {name!r} takes no keyword "
+          f"{', '.join(map(repr, unknown))}; it takes: {', '.join(allowed)}")
+
+
+def field_comments() -> dict[str, str]:
+  """The comment on each field's line in ``default_config``, e.g. ``{'seed': 'parameter
+  init, dropout and data order', ...}`` (the one place the fields are documented)."""
+  source = inspect.getsource(default_config)
+  return dict(re.findall(r"^\s*c\.([\w.]+) = .*?  # (.*)$", source, re.M))
+
+
+def describe(config: ml_collections.ConfigDict | None = None) -> list[str]:
+  """One line per field of ``config`` (default: ``default_config()``), ``--config.<field>=
+  <value>`` with the field's comment, then the keywords ``model.hparams`` and ``task`` take."""
+  config = default_config() if config is None else config
+  comments = field_comments()
+  lines = []
+  for path, value in flatten(config.to_dict()).items():
+    if isinstance(value, dict):  # an empty group (hparams): its keywords are listed below
+      continue
+    comment = comments.get(path) or comments.get(path.split(".")[0], "")
+    shown = (value or "''") if isinstance(value, str) else value
+    lines.append(f"--config.{path}={shown}" + (f"  # {comment}" if comment else ""))
+  for kind, group, name in (("model", "model.hparams", config.model.name),
+                            ("task", "task", config.task.name)):
+    try:
+      allowed = keywords(kind, name)
+    except ValueError as e:
+      allowed = [f"({e})"]
+    lines.append(f"--config.{group}.<keyword>=<value>: any keyword of {kind} {name!r}: " +
+                 ("any (it takes **kwargs)" if allowed is None else ", ".join(allowed)))
+  return lines

@@ -25,6 +25,7 @@ from flax import nnx
 
 from seqscale import outputs
 from seqscale import parallel
+from seqscale.data import prefetch
 from seqscale.train import checkpoint as checkpoint_lib
 from seqscale.train import config as config_lib
 from seqscale.train import evaluate as evaluate_lib
@@ -128,11 +129,12 @@ def _check_finite(step: int, metrics: dict[str, float], checkpoints: str,
                              f"it ({kept})")
 
 
-def _train(config, state, start_step, train_step, train_ds, model, strategy, ckpt, writer,
+def _train(config, state, start_step, train_step, batches, model, strategy, ckpt, writer,
            evaluator, tokens_per_step, meta, signals
            ) -> tuple[Any, dict[str, float] | None, float, int | None]:
   """The loop from ``start_step``; returns (state, last log record, seconds training, the
-  step it stopped at on a SIGTERM/SIGINT or None).
+  step it stopped at on a SIGTERM/SIGINT or None). ``batches.next(step)`` gives the device
+  batch of ``step`` (made ahead by ``prefetch.Prefetch``).
 
   Metrics stay on the device until a log, checkpoint or evaluation step, so the host does
   not wait on every step; every step's loss is checked before a checkpoint is written. A
@@ -148,8 +150,7 @@ def _train(config, state, start_step, train_step, train_ds, model, strategy, ckp
     return state, record, train_time, start_step
   tick = time.perf_counter()
   for step in range(start_step, config.num_steps):
-    batch = strategy.put_batch(evaluate_lib.select(train_ds[step], model.interface))
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, batches.next(step))
     pending.append(metrics)
     ckpt.poll()  # a failed save stops the run here, at the next step
     done = step + 1
@@ -328,15 +329,23 @@ def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.C
       strategy.put_batch(evaluate_lib.select(first_batch, model.interface)), donate_state=True)
   logging.info("train step compiled in %.2f s", compile_time)
   tokens_per_step = _tokens_per_step(first_batch, model.interface)
+  flops_per_step = _step_flops(task, model, first_batch)
   writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   evaluator = evaluate_lib.Evaluator(task, strategy, model.eval_graphdef, model.interface,
                                      eval_batch_size, config.seed, shard)
-  with faults.catch_signals() as signals:
+  # Batch ``step`` is read, formatted and sent to the devices up to config.prefetch steps
+  # ahead, in a background thread; the batches are the same, in the same order.
+  make_batch = lambda step: strategy.put_batch(evaluate_lib.select(train_ds[step],
+                                                                   model.interface))
+  with faults.catch_signals() as signals, prefetch.Prefetch(
+      make_batch, range(start_step, config.num_steps), config.prefetch) as batches:
     state, record, train_time, stopped = _train(
-        config, state, start_step, train_step, train_ds, model, strategy, ckpt, writer,
+        config, state, start_step, train_step, batches, model, strategy, ckpt, writer,
         evaluator, tokens_per_step, meta, signals)
     ckpt.wait()
   evals = {} if stopped is not None else evaluator(state)
+  sample = (None if stopped is not None
+            else _text_sample(task, model, strategy.to_checkpoint(state)))
   if stopped is None:
     writer.write_eval(config.num_steps, evals)
   writer.close()
@@ -358,6 +367,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.C
       "eval_compile_time_s": evaluator.compile_time, "train_time_s": train_time,
       "steps_per_s": steps_per_s, "tokens_per_s": steps_per_s * tokens_per_step,
       "tokens_per_step": tokens_per_step,
+      **({} if flops_per_step is None else {
+          "flops_per_step": flops_per_step, "flops_per_token": flops_per_step / tokens_per_step}),
+      **({"task_info": task.info, "sample": sample} if hasattr(task, "info") else {}),
       "context": outputs.run_context(
           seed=config.seed, dtype=str(hparams.get("dtype") or "float32"),
           param_dtype="float32", strategy=strategy.name, num_devices=strategy.num_devices,
@@ -371,6 +383,26 @@ def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.C
         f"checkpoint {stopped} in {ckpt.directory} and the results so far; run the same "
         "command to continue", signals.signum)
   return results
+
+
+def _step_flops(task: Any, model: _Model, batch: dict[str, Any]) -> float | None:
+  """FLOPs of one training step on the global batch (``analysis.flops``: XLA's count with
+  loops times their trip count), for tasks that ask (``task.count_flops``); else None."""
+  if not getattr(task, "count_flops", False):
+    return None
+  from seqscale import analysis  # pylint: disable=g-import-not-at-top
+  return analysis.flops(step_lib.make_train_step(model.graphdef), model.abstract_state,
+                        evaluate_lib.select(batch, model.interface))
+
+
+def _text_sample(task: Any, model: _Model, state: Any) -> str | None:
+  """A short sample (``task.sample_prompt`` and 200 tokens, seed 0, top-k 20) from the
+  trained model, for text tasks; None otherwise."""
+  prompt = getattr(task, "sample_prompt", None)
+  if prompt is None:
+    return None
+  trained = nnx.merge(model.eval_graphdef, state)[0]
+  return prompt + evaluate_lib.sample_text(trained, task, prompt, length=200, top_k=20)
 
 
 def _last_record(path: str) -> dict[str, Any] | None:
@@ -411,6 +443,14 @@ def _markdown(results: dict[str, Any]) -> str:
   lines += ["", f"wall time {results['wall_time_s']:.1f} s; train step compile "
             f"{results['compile_time_s']:.2f} s (not in steps/s); "
             f"{results['steps_per_s']:.1f} steps/s, {results['tokens_per_s']:,.0f} input tokens/s"]
+  bits = [f"{split} {m['bits_per_char']:.3f}" for split, m in results["eval"].items()
+          if m.get("bits_per_char") is not None]
+  if bits:
+    lines += ["", "held-out bits per character: " + ", ".join(bits) + (
+        f"; {results['flops_per_token']:.3g} training FLOPs per token"
+        if results.get("flops_per_token") else "")]
+  if results.get("sample") is not None:
+    lines += ["", "sample (seed 0, top-k 20):", "", "```", results["sample"], "```"]
   return "\n".join(lines) + "\n"
 
 
