@@ -81,6 +81,9 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("parallel_rnn", "Nonlinear RNNs in parallel over time: DEER, quasi-DEER, ELK",
                ("experiments.parallel_rnn", "--workdir={dir}"),
                plots=("depth.png", "gain.png", "time.png"), minutes=28),
+    Experiment("text_lm", "Real text: bits per character against time and FLOPs",
+               ("experiments.text_lm", "--workdir={dir}"), report="text_lm.md",
+               plots=("text_lm.png",), minutes=30),
     Experiment("crossover", "Sequential against associative scan: the crossover",
                ("experiments.crossover", "--workdir={dir}"), plots=("crossover.png",),
                minutes=3.5),
@@ -95,7 +98,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
                minutes=1),
     Experiment("bench", "Performance against peers (PyTorch, jax.nn, Flax)",
                ("experiments.bench", "--workdir={dir}"),
-               plots=("targets.png", "tokens_per_s_float32.png"), minutes=15),
+               plots=("targets.png", "tokens_per_s_float32.png"), minutes=35),
     _train("running_sum", "Training: running_sum (LSTM), quick"),
     _train("adding_problem", "Training: adding problem (LSTM), quick"),
     _train("copy_memory", "Training: copy memory (Transformer), quick"),
@@ -107,6 +110,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     _train("neural_gpu", "Training: Neural GPU, quick"),
     _train("moe", "Training: mixture of experts, quick"),
     _train("flstm", "Training: factorized LSTM, quick"),
+    _train("text_lm", "Training: real text (stdlib source, LSTM), quick", minutes=2.5),
 )
 
 

@@ -20,5 +20,6 @@ from seqscale.data import copy_memory  # noqa: F401
 from seqscale.data import listops  # noqa: F401
 from seqscale.data import real  # noqa: F401
 from seqscale.data import running_sum  # noqa: F401
+from seqscale.data import text  # noqa: F401
 
 __all__ = ["Task", "get_task", "register_task", "task_names"]

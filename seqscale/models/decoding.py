@@ -1,4 +1,4 @@
-"""Greedy and beam-search decoding, written once for every model that steps.
+"""Greedy, beam-search and sampled decoding, written once for every model that steps.
 
 The search sees one small step interface, a pure function
 
@@ -10,6 +10,10 @@ layout (a model's weights). ``greedy_search`` and ``beam_search`` work on any su
 ``seq2seq_step`` builds one from a seq2seq model with ``init_state(B, max_length,
 src_BSI=, src_mask=)`` and ``step(x_BI, state)`` (``lstm_attention``,
 ``transformer_seq2seq``), and ``decode_greedy`` / ``decode_beam`` put the two together.
+
+``sample_search`` draws tokens with a temperature and top-k after feeding a prompt, and
+``sample`` applies it to any model that steps (``transformer_lm`` through its KV cache,
+recurrent and convolutional models between an embedding and a head, ``LMStepper``).
 
 A sequence ends at its first ``eos_id`` (included); after it come ``pad_id`` tokens at no
 cost. Scores are sums of log-probabilities in float32.
@@ -188,3 +192,115 @@ def decode_beam(model: nnx.Module, src_BSI: Array, embed_fn: Callable[[Array], A
   return beam_search(step, state, weights, batch_size=B, beam_size=K, max_length=max_length,
                      bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
                      length_penalty=length_penalty)
+
+
+# ------------------------------------------------------------------------------ sampling
+
+def _sample_token(key: Array, logits_BV: Array, temperature: float, top_k: int) -> Array:
+  """One token per row: argmax at temperature 0, else a draw from softmax(logits / temp)
+  restricted to the ``top_k`` largest logits (0: all)."""
+  logits_BV = logits_BV.astype(jnp.float32)
+  if temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  if top_k:
+    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  return jax.random.categorical(key, logits_BV / temperature, axis=-1).astype(jnp.int32)
+
+
+def sample_search(step: Step, state: Any, shared: Any, prompt_BP: Array, *, length: int,
+                  key: Array, temperature: float = 1.0, top_k: int = 0) -> Array:
+  """Feeds ``prompt_BP`` through ``step``, then samples ``length`` tokens one at a time.
+
+  Token t is drawn with ``jax.random.fold_in(key, t)``, so a key gives the same tokens
+  whatever else runs (and a batch row's tokens depend on the key and the row only).
+
+  Args:
+    step: ``step(tokens_B, state, shared) -> (logits_BV, state, shared)``.
+    state: the model state for B rows, room for P + ``length`` steps.
+    shared: threaded through ``step`` (e.g. model weights).
+    prompt_BP: int32 [B, P], P >= 1: the context; its last token predicts the first sample.
+    length: L, tokens to generate.
+    key: a ``jax.random`` key.
+    temperature: softmax temperature (> 0), or 0 for the most likely token.
+    top_k: sample among the k most likely tokens only (0: all).
+
+  Returns:
+    int32 [B, L], the sampled continuation (the prompt not included).
+  """
+  check_int("length", length, 1)
+  check_int("top_k", top_k, 0)
+  if not temperature >= 0:
+    raise ValueError(f"temperature={temperature!r}; must be a number >= 0 (0: greedy)")
+  if prompt_BP.ndim != 2 or prompt_BP.shape[1] < 1:
+    raise ValueError(f"prompt_BP has shape {prompt_BP.shape}; expected [B, P] with P >= 1")
+
+  def feed(carry, tok_B):
+    state, shared = carry
+    _, state, shared = step(tok_B, state, shared)
+    return (state, shared), None
+
+  carry, _ = jax.lax.scan(feed, (state, shared), prompt_BP[:, :-1].T.astype(jnp.int32))
+
+  def draw(carry, t):
+    (state, shared), last_B = carry
+    logits_BV, state, shared = step(last_B, state, shared)
+    tok_B = _sample_token(jax.random.fold_in(key, t), logits_BV, temperature, top_k)
+    return ((state, shared), tok_B), tok_B
+
+  _, tokens_LB = jax.lax.scan(draw, (carry, prompt_BP[:, -1].astype(jnp.int32)),
+                              jnp.arange(length))
+  return tokens_LB.T
+
+
+class LMStepper(nnx.Module):
+  """A model that steps, between an optional token embedding and an optional output head:
+  ``step(tokens_B, state) -> (logits_BV, state)``, as ``transformer_lm``'s own step."""
+
+  def __init__(self, model: nnx.Module, embed: nnx.Module | None = None,
+               head: nnx.Module | None = None):
+    if not callable(getattr(model, "step", None)) or not callable(
+        getattr(model, "init_state", None)):
+      raise ValueError(f"model {type(model).__name__} cannot run step by step (it has no "
+                       "init_state/step), so it cannot sample")
+    self.model, self.embed, self.head = model, embed, head
+
+  def init_state(self, batch_size: int, max_length: int) -> Any:
+    return self.model.init_state(batch_size, max_length)
+
+  def step(self, tokens_B: Array, state: Any) -> tuple[Array, Any]:
+    x = tokens_B if self.embed is None else self.embed(tokens_B)
+    y_BD, state = self.model.step(x, state)
+    return (y_BD if self.head is None else self.head(y_BD)), state
+
+
+def sample(model: nnx.Module, prompt_BP: Array, *, length: int, seed: int = 0,
+           temperature: float = 1.0, top_k: int = 0, embed: nnx.Module | None = None,
+           head: nnx.Module | None = None) -> Array:
+  """Samples a continuation of ``prompt_BP`` from any model that steps, jitted.
+
+  ``transformer_lm`` steps through its KV cache (``embed``/``head`` None: it reads tokens
+  and returns logits); a sequence model (``lstm``, ``gru``, ``wavenet``, ``mingru``,
+  ``lru``, ...) through its ``step`` between ``embed`` (ids [B] -> [B, I]) and ``head``
+  ([B, D] -> [B, V]). The same ``seed`` gives the same tokens.
+
+  Returns:
+    int32 [B, length]. Raises ValueError for a model that cannot step (saying why) or bad
+    arguments.
+  """
+  check_int("length", length, 1)
+  check_int("seed", seed, 0)
+  stepper = LMStepper(model, embed, head)
+  prompt_BP = jnp.asarray(prompt_BP, jnp.int32)
+  if prompt_BP.ndim != 2 or prompt_BP.shape[1] < 1:
+    raise ValueError(f"prompt_BP has shape {prompt_BP.shape}; expected [B, P] with P >= 1")
+  B, P = prompt_BP.shape
+  state = stepper.init_state(B, P + length)  # a model that cannot step raises here
+  step, weights = seq2seq_step(stepper, lambda x: x, lambda y: y)
+
+  @jax.jit
+  def run(state, weights, prompt_BP, key):
+    return sample_search(step, state, weights, prompt_BP, length=length, key=key,
+                         temperature=temperature, top_k=top_k)
+
+  return run(state, weights, prompt_BP, jax.random.key(seed))

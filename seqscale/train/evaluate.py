@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -21,6 +22,18 @@ def select(batch: dict[str, Any], interface: str) -> dict[str, np.ndarray]:
   """The fields of a task batch that a model of ``interface`` reads (see CONTRACT.md)."""
   keys = {"seq2seq": SEQ2SEQ_KEYS, "qa": QA_KEYS}.get(interface, SEQUENCE_KEYS)
   return {k: np.asarray(batch[k]) for k in keys if k in batch}
+
+
+def bits_per(task: Any, split: str, metrics: dict[str, float]) -> dict[str, float]:
+  """Text tasks (``task.units_per_token[split]``, e.g. ``{"byte": 1.0, "char": 0.98}``):
+  ``bits_per_token`` = loss / ln 2 and ``bits_per_<unit>`` = bits per token / units per
+  token (the bits of the held-out text divided by its bytes or characters); {} otherwise."""
+  units = (getattr(task, "units_per_token", None) or {}).get(split)
+  if not units or "loss" not in metrics:
+    return {}
+  per_token = float(metrics["loss"]) / math.log(2.0)
+  return {"bits_per_token": per_token,
+          **{f"bits_per_{unit}": per_token / float(n) for unit, n in units.items()}}
 
 
 class Evaluator:
@@ -66,10 +79,36 @@ class Evaluator:
     baselines = getattr(self.task, "split_baselines", None) or {}
     for split, length in self.task.eval_splits.items():
       metrics = self.split(state, split)
-      results[split] = {"length": int(length), **metrics}
+      results[split] = {"length": int(length), **metrics, **bits_per(self.task, split, metrics)}
       if baselines.get(split):
         results[split]["baseline"] = dict(baselines[split])
       if jax.process_index() == 0:
         logging.info("eval %s (length %d): %s", split, length,
                      "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "weight"))
     return results
+
+
+def sample_text(model: Any, task: Any, prompt: str, *, length: int, seed: int = 0,
+                temperature: float = 1.0, top_k: int = 0) -> str:
+  """``length`` tokens a trained task model (``train.model.TaskModel``) writes after
+  ``prompt``, decoded by ``task.tokenizer`` (text tasks); the same ``seed``, the same text.
+
+  Raises:
+    ValueError: an empty prompt, one with characters outside the vocabulary, a model that
+      cannot step, or bad sampling arguments.
+  """
+  from seqscale.models import decoding  # pylint: disable=g-import-not-at-top
+  tokenizer = getattr(task, "tokenizer", None)
+  if tokenizer is None:
+    raise ValueError(f"task {task.name!r} has no tokenizer: it is not a text task")
+  if not prompt:
+    raise ValueError("--prompt is empty; give at least one character")
+  unknown = tokenizer.unknown(prompt)
+  if unknown:
+    raise ValueError(f"--prompt has characters outside the {tokenizer.kind} vocabulary of "
+                     f"task {task.name!r}: {''.join(unknown)!r}")
+  ids_1P = np.asarray(tokenizer.encode(prompt), np.int32)[None]
+  tokens = decoding.sample(model.backbone, ids_1P, length=length, seed=seed,
+                           temperature=temperature, top_k=top_k, embed=model.embed,
+                           head=model.head)
+  return tokenizer.decode(np.asarray(tokens)[0])
