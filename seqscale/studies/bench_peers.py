@@ -3,7 +3,10 @@
 Each builder returns ``analysis.timing.Candidate``s for one group (one layer, length, batch,
 dtype and pass): seqscale's own call, and where one exists the same computation in
 ``torch.nn`` (LSTM, GRU, RNN, ``scaled_dot_product_attention``), in ``flax.nnx`` (RNN cells,
-``MultiHeadAttention``) and ``jax.nn.dot_product_attention``. PyTorch is optional.
+``MultiHeadAttention``) and ``jax.nn.dot_product_attention``. PyTorch is optional. On a
+GPU (JAX's backend ``gpu`` and ``torch.cuda`` available) the PyTorch peers run on CUDA:
+``torch.nn.LSTM``/``GRU`` there are cuDNN's fused RNN kernels, and in bfloat16 the
+attention group adds ``torch_sdpa_flash`` (sdpa restricted to its FlashAttention kernel).
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def _torch_pass(torch_fn: Callable[..., Any], tensors: Sequence[Any], pass_: str
   if pass_ == "fwd":
     def fwd():
       with torch.no_grad():
-        return torch_fn(*tensors)
+        y = torch_fn(*tensors)
+      if y.is_cuda:  # CUDA runs asynchronously: time the work, not its launch
+        torch.cuda.synchronize()
+      return y
     return fwd
   ct = torch.randn(*out_shape, dtype=torch.float32, device=tensors[0].device)
   for t in tensors:
@@ -201,7 +207,29 @@ def attention_candidates(s: Settings, T: int, B: int, H: int, K: int, dtype: str
         q, k, v, is_causal=True)
     cands.append(Candidate("torch_sdpa", _torch_pass(sdpa, ts, pass_, (B, H, T, K)),
                            torch=True))
+    if device == "cuda" and dtype == "bfloat16":  # FlashAttention takes half precision only
+      flash = _flash_only(sdpa, ts)
+      if flash is not None:
+        cands.append(Candidate("torch_sdpa_flash", _torch_pass(flash, ts, pass_, (B, H, T, K)),
+                               torch=True))
   return cands
+
+
+def _flash_only(sdpa: Callable[..., Any], tensors: Sequence[Any]) -> Callable[..., Any] | None:
+  """``sdpa`` restricted to PyTorch's FlashAttention kernel; None where that kernel cannot
+  run these tensors (tried once here, since a failing PyTorch peer would stop the group)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.nn import attention  # pylint: disable=g-import-not-at-top
+
+  def flash(q, k, v):
+    with attention.sdpa_kernel(attention.SDPBackend.FLASH_ATTENTION):
+      return sdpa(q, k, v)
+  try:
+    with torch.no_grad():
+      flash(*tensors)
+  except RuntimeError:
+    return None
+  return flash
 
 
 def mha_candidates(s: Settings, T: int, B: int, dtype: str, pass_: str,
@@ -222,17 +250,34 @@ def mha_candidates(s: Settings, T: int, B: int, dtype: str, pass_: str,
                     *_jax_pass(flax_causal, params_t, (x,), pass_, rng, rest_t))]
 
 
+def matmul_chain(n: int) -> int:
+  """Products per timed call of an [n, n] matmul: (2048 / n)^3 (at most 512) below n = 2048,
+  so every call from n = 256 up does at least 2 * 2048^3 FLOPs. On a loaded machine a call
+  of a millisecond otherwise catches a lucky time slice that a call of seconds (a training
+  step) cannot."""
+  return min(512, max(1, (2048 // n) ** 3))
+
+
 def matmul_candidates(n: int, dtype: str, rng: np.random.Generator) -> list[Candidate]:
-  """[n, n] @ [n, n]: the machine's matmul FLOP/s, ours (XLA) and torch's."""
-  a, b = (_rng_array(rng, (n, n), DTYPES[dtype]) for _ in range(2))
-  cands = [Candidate("jax", lambda a, b: a @ b, (a, b))]
+  """``matmul_chain(n)`` chained [n, n] @ [n, n] products (c = c @ b, b scaled by n^-1/2 to
+  keep c's size): the machine's matmul FLOP/s, ours (XLA) and torch's."""
+  k = matmul_chain(n)
+  a = _rng_array(rng, (n, n), DTYPES[dtype])
+  b = (_rng_array(rng, (n, n), jnp.float32) / np.sqrt(n)).astype(DTYPES[dtype])
+  chain = lambda a, b: a @ b if k == 1 else jax.lax.fori_loop(0, k, lambda i, c: c @ b, a)
+  cands = [Candidate("jax", chain, (a, b))]
   torch = torch_module()
   if torch is not None:
     device = _torch_device(torch)
     tdt = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     at, bt = (torch.tensor(np.asarray(x.astype(jnp.float32)), device=device).to(tdt)
               for x in (a, b))
-    cands.append(Candidate("torch", _torch_pass(lambda a, b: a @ b, [at, bt], "fwd", ()),
+
+    def torch_chain(c, b):
+      for _ in range(k):
+        c = c @ b
+      return c
+    cands.append(Candidate("torch", _torch_pass(torch_chain, [at, bt], "fwd", ()),
                            torch=True))
   return cands
 
