@@ -203,3 +203,118 @@ def test_mha_matches_flax_cross_attention_with_mask():
 def test_mha_rejects_bad_head_split():
   with pytest.raises(ValueError, match="qkv_features"):
     MultiHeadAttention(10, 3, rngs=nnx.Rngs(0))
+
+
+# ------------------------------------------------- the choice per backend, and every impl
+
+
+def _choice(backend, T=256, S=None, K=64, dtype=jnp.float32, **kw):
+  return A.choose_impl("auto", num_queries=T, num_keys=S, head_dim=K, batch_heads=32,
+                       dtype=dtype, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend,kw,want", [
+    ("cpu", {}, "blockwise"),
+    ("cpu", {"T": 8192, "causal": True}, "blockwise"),
+    ("gpu", {"dtype": jnp.bfloat16, "causal": True}, "cudnn"),
+    ("gpu", {"dtype": jnp.float16, "local_window": 4, "causal": True}, "cudnn"),
+    ("gpu", {"dtype": jnp.float32}, "xla"),  # cuDNN's flash attention: half precision only
+    ("gpu", {"dtype": jnp.bfloat16, "K": 256}, "xla"),
+    ("gpu", {"dtype": jnp.bfloat16, "key_padding": True}, "xla"),
+    ("gpu", {"dtype": jnp.bfloat16, "offset_zero": False}, "xla"),
+    ("gpu", {"dtype": jnp.bfloat16, "local_window": 4}, "xla"),  # a window needs causal
+    ("gpu", {"T": 16384}, "blockwise"),  # [32, T, T] float32 = 32 GiB
+    ("tpu", {"causal": True}, "pallas"),
+    ("tpu", {"T": 200}, "xla"),
+    ("tpu", {"key_padding": True}, "xla"),
+    ("tpu", {"T": 16384, "local_window": 8}, "blockwise"),
+])
+def test_choice_by_backend(backend, kw, want):
+  assert _choice(backend, **kw) == want
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_choice_whole_weights_and_dropout(backend, monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  mask = jnp.ones((1, 1, 4, 4), bool)
+  drop = lambda w: w
+  assert A.choose_impl("auto", num_queries=4, mask=mask) == "reference"
+  assert A.choose_impl("auto", num_queries=1, num_keys=9) == "reference"
+  assert A.choose_impl("auto", num_queries=512, batch_heads=32, dropout_fn=drop) == "reference"
+  with pytest.raises(ValueError, match="attention dropout needs the whole"):
+    A.choose_impl("auto", num_queries=8192, batch_heads=32, dropout_fn=drop)
+  # The dispatcher refuses before computing anything (shapes only: no 8 GiB allocated).
+  x = jax.ShapeDtypeStruct((4, 8192, 8, 16), jnp.float32)
+  with pytest.raises(ValueError, match="attention dropout needs the whole"):
+    jax.eval_shape(lambda q, k, v: A.attention(q, k, v, causal=True, dropout_fn=drop), x, x, x)
+  assert A.choose_impl("xla", num_queries=4) == "xla"  # asked for: unchanged
+  line = A.describe_choice(num_queries=8192, batch_heads=32, dropout=True)
+  assert line.startswith("attention: refused (attention dropout") and f"backend={backend}" in line
+
+
+def test_describe_names_what_runs_here():
+  line = A.describe_choice(num_queries=512, head_dim=64, batch_heads=32, causal=True)
+  assert line.startswith("attention: blockwise (CPU: fastest measured; blocks 128x128)")
+  assert "backend=cpu, dtype=float32, T=512, S=512, K=64, causal=True" in line
+  mha = MultiHeadAttention(16, 2, dtype=jnp.bfloat16, dropout_rate=0.1, rngs=nnx.Rngs(0))
+  assert mha.describe(64).startswith("attention: reference (dropout")
+  assert mha.describe(64, training=False).startswith("attention: blockwise")
+  assert "dtype=bfloat16, T=64, S=64, K=8" in mha.describe(64)
+
+
+_LENGTHS13 = np.array([10, 13], np.int32)  # with a window of 3, no row sees no key
+_IMPL_CASES = {
+    "causal": ({"causal": True}, {"is_causal": True}),
+    "causal_window_padding": (
+        {"causal": True, "local_window": 3,
+         "key_padding_mask_BS": np.arange(13)[None, :] < _LENGTHS13[:, None]},
+        {"is_causal": True, "local_window_size": (3, 3),
+         "key_value_seq_lengths": jnp.asarray(_LENGTHS13)}),
+    "window": _CASES["window"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(_IMPL_CASES))
+def test_every_impl_that_runs_here_equals_jax_nn(case):
+  ours_kw, ref_kw = _IMPL_CASES[case]
+  q, k, v = _qkv(6, T=13, S=13)
+  ct = jax.random.normal(jax.random.key(7), q.shape)
+  vg = lambda f: jax.value_and_grad(lambda q, k, v: jnp.sum(f(q, k, v) * ct),
+                                    argnums=(0, 1, 2))(q, k, v)
+  want = vg(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla",
+                                                         **ref_kw))
+  impls = [i for i in A.IMPLS if i not in ("cudnn", "pallas")]  # GPU and TPU only
+  assert impls == ["auto", "blockwise", "reference", "xla"]
+  for impl in impls:
+    got = jax.jit(lambda q, k, v: vg(lambda q, k, v: A.attention(q, k, v, impl=impl,
+                                                                 **ours_kw)))(q, k, v)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=impl)
+  # Asked for here, the GPU and TPU kernels are refused, not silently replaced.
+  with pytest.raises(ValueError, match="impl='pallas' needs a TPU"):
+    A.attention(q, k, v, impl="pallas", causal=True)
+  with pytest.raises(Exception):  # jax.nn's own error: no cuDNN on this backend
+    A.attention(q, k, v, impl="cudnn", causal=True)
+
+
+def test_default_path_forward_mode_matches_jax_nn():
+  # jax.jvp, jax.jacfwd and a Hessian-vector product (jvp of grad) through impl="auto"
+  # (the blockwise kernel here, several blocks each way) against jax.nn's XLA attention.
+  q, k, v = _qkv(8, T=300, S=300)
+  tq, tk, tv = _qkv(9, T=300, S=300)
+  ours = lambda q, k, v: A.attention(q, k, v, causal=True)
+  ref = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                                     implementation="xla")
+  assert A.choose_impl("auto", num_queries=300) == "blockwise"
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+  q1, k1, v1 = (a[:1, :5, :1, :2] for a in (q, k, v))
+
+  def modes(f):
+    jvp = jax.jvp(f, (q, k, v), (tq, tk, tv))
+    hvp = jax.jvp(jax.grad(loss(f), argnums=(0, 1, 2)), (q, k, v), (tq, tk, tv))[1]
+    return jvp, hvp, jax.jacfwd(lambda q: f(q, k1, v1))(q1)
+  got, want = jax.jit(lambda: modes(ours))(), jax.jit(lambda: modes(ref))()
+  for name, tol in (("jvp", 2e-5), ("hvp", 1e-4), ("jacfwd", 1e-5)):
+    for g, w in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
+      np.testing.assert_allclose(g, w, atol=tol, rtol=tol, err_msg=name)
+    got, want = got[1:], want[1:]

@@ -87,6 +87,12 @@ def test_running_sum_loss_falls(arg, tmp_path):
   curve = losses_of(str(tmp_path))
   assert curve[0] > 0.95 * math.log(10)  # starts at chance
   assert curve[-1] < 0.8 * math.log(10), curve
+  with open(tmp_path / "results.json") as f:  # what attention ran, chosen for this backend
+    context = json.load(f)["context"]
+  if arg.endswith("transformer"):
+    assert re.match(r"attention: blockwise \(CPU\b.*T=8\b", context["attention"]), context
+  else:
+    assert "attention" not in context
 
 
 def test_same_seed_same_losses_other_seed_other_losses(tmp_path):

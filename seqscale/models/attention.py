@@ -100,6 +100,16 @@ class MultiHeadAttention(nnx.Module):
     k_BSHK, _ = self.project_kv(inputs_kv)
     return attn_ops.attention_weights(self.project_q(inputs_q), k_BSHK, **mask_kwargs)
 
+  def describe(self, T: int, S: int | None = None, *, batch: int = 1, causal: bool = True,
+               training: bool = True) -> str:
+    """One line: which attention `attend` runs at T queries and S keys, and why
+    (`ops.attention.describe_choice`); `training` counts the weights' dropout in."""
+    return attn_ops.describe_choice(
+        self.impl, num_queries=T, num_keys=S, head_dim=self.head_dim,
+        batch_heads=batch * self.num_heads,
+        dtype=jnp.float32 if self.dtype is None else self.dtype, causal=causal,
+        dropout=training and self.dropout is not None)
+
   def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
                mask: Array | None = None, causal: bool = False,
                key_padding_mask_BS: Array | None = None, local_window: int | None = None,
@@ -114,3 +124,12 @@ class MultiHeadAttention(nnx.Module):
         self.project_q(inputs_q), k_BSHK, v_BSHK, mask=mask, causal=causal,
         key_padding_mask_BS=key_padding_mask_BS, local_window=local_window,
         query_offset=query_offset)
+
+
+def describe_attention(model: nnx.Module, T: int, **kwargs) -> str | None:
+  """`MultiHeadAttention.describe` of the model's first attention layer at length T (the
+  line a run's results.json records), or None for a model without attention."""
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, MultiHeadAttention):
+      return node.describe(T, **kwargs)
+  return None

@@ -15,10 +15,11 @@ all at `dropout_rate`. `norm='post'` is the paper's LayerNorm(x + Sublayer(x)); 
 is x + Sublayer(LayerNorm(x)) with a final LayerNorm after the stack.
 
 `attention_impl` picks how attention is computed (the same function), as the `impl` of
-`ops.attention.attention`: "auto" (default: `ops.blockwise_attention`, memory linear in T,
-masked blocks skipped; the reference whenever dropout on the weights is active, or for a
-one-query decoding step), "blockwise", "reference" (the readable einsum version), "xla" or
-"cudnn" (`jax.nn.dot_product_attention`).
+`ops.attention.attention`: "auto" (default: chosen per backend, dtype, shapes, masks and
+dropout by `ops.attention.choose_impl`; `ops.blockwise_attention` on a CPU, cuDNN or XLA's
+fused attention on a GPU, the Pallas flash kernel on a TPU), "blockwise", "reference" (the
+readable einsum version), "xla", "cudnn" (`jax.nn.dot_product_attention`) or "pallas". The
+run's results.json names what ran (`context.attention`).
 
 Shapes: B batch, T target/query length, S source length, I input features, D width,
 H heads, K head dim, F feed-forward width, V vocabulary.

@@ -28,7 +28,7 @@ Array = jax.Array
 # masked row, so neither the softmax nor its gradient can produce NaN.
 MASKED_SCORE = -0.7 * float(np.finfo(np.float32).max)
 # The implementations `attention` dispatches between (the same function each time).
-IMPLS = ("auto", "blockwise", "reference", "xla", "cudnn")
+IMPLS = ("auto", "blockwise", "reference", "xla", "cudnn", "pallas")
 
 
 def make_attention_mask(
@@ -157,20 +157,121 @@ def dot_product_attention(
   return out_BTHK.astype(q_BTHK.dtype)
 
 
-def choose_impl(impl: str, *, num_queries: int, mask: Array | None = None,
+# One [B, H, T, S] float32 array above this many bytes is "too large": XLA's fused attention
+# (which forms it) gives way to the blockwise kernel, and attention dropout (which needs it)
+# is refused.
+QUADRATIC_BYTES_LIMIT = 1 << 30
+_CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def _choose(impl: str, *, num_queries: int, num_keys: int, head_dim: int, batch_heads: int,
+            dtype, backend: str, causal: bool, key_padding: bool, local_window: int | None,
+            offset_zero: bool, mask: bool, dropout: bool) -> tuple[str, str]:
+  """(implementation, why): the table behind `choose_impl`."""
+  if impl not in IMPLS:
+    raise ValueError(f"impl={impl!r}: allowed: {', '.join(IMPLS)}")
+  if impl != "auto":
+    return impl, "asked for"
+  T, S, K = num_queries, num_keys, head_dim
+  quadratic = 4 * batch_heads * T * S  # bytes of one float32 [B, H, T, S] array
+  if dropout:
+    if quadratic > QUADRATIC_BYTES_LIMIT:
+      raise ValueError(
+          f"attention dropout needs the whole [B, H, T, S] weights ({quadratic / 2**30:.1f} "
+          f"GiB at B*H={batch_heads}, T={T}, S={S}); set the attention dropout to 0")
+    return "reference", "dropout on the weights needs them whole"
+  if mask:
+    return "reference", "an arbitrary mask is [T, S] already"
+  if T == 1:
+    return "reference", "one query: a decoding step"
+  fits = quadratic <= QUADRATIC_BYTES_LIMIT
+  if backend == "gpu":
+    if (jnp.dtype(dtype).name in _CUDNN_DTYPES and K <= 128 and K % 8 == 0
+        and not key_padding and offset_zero and (local_window is None or causal)
+        and (T == S or not causal)):
+      return "cudnn", "GPU, half precision, masks cuDNN takes"
+    if fits:
+      return "xla", "GPU, not cuDNN's case"
+    return "blockwise", "GPU, the [T, S] scores would not fit"
+  if backend == "tpu":
+    if (_pallas_tpu() is not None and not key_padding and local_window is None
+        and offset_zero and T % 128 == 0 and S % 128 == 0):
+      return "pallas", "TPU, Pallas flash attention"
+    if fits:
+      return "xla", "TPU, not the Pallas kernel's case"
+    return "blockwise", "TPU, the [T, S] scores would not fit"
+  # CPU (and any other backend): the blockwise kernel was the fastest JAX path measured
+  # (tools/attention_speed.py, causal fwd+bwd, B=4, H=8, K=64, float32, CPU time): XLA's
+  # and the einsum reference took 1.6 to 3.5 times as long at T=256 and 512 and form the
+  # [T, S] scores; at T=8192 only the blockwise kernel fits.
+  return "blockwise", "CPU: fastest measured"
+
+
+def _pallas_tpu():
+  """jax's Pallas TPU flash-attention module, or None where this jax has none."""
+  try:
+    from jax.experimental.pallas.ops.tpu import flash_attention  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover - depends on the installed jax
+    return None
+  return flash_attention
+
+
+def choose_impl(impl: str, *, num_queries: int, num_keys: int | None = None,
+                head_dim: int = 64, batch_heads: int = 1, dtype=jnp.float32,
+                backend: str | None = None, causal: bool = False, key_padding: bool = False,
+                local_window: int | None = None, offset_zero: bool = True,
+                mask: Array | None = None,
                 dropout_fn: Callable[[Array], Array] | None = None) -> str:
   """The implementation `attention` runs for `impl`: "auto" resolved, others checked.
 
-  "auto" is blockwise unless an arbitrary `mask` or a `dropout_fn` on the weights asks for
-  the whole [T, S] matrix, or one query attends (a decoding step, whose single row is
-  already small): then the reference.
+  "auto" is a small table of the backend (default `jax.default_backend()`), dtype, lengths
+  T (`num_queries`) and S, head dim K, mask kinds and dropout:
+
+    dropout on the weights   "reference" (it needs them whole); refused (ValueError) when
+                             one [B, H, T, S] float32 array exceeds QUADRATIC_BYTES_LIMIT
+    an arbitrary `mask`      "reference"
+    T == 1 (decoding)        "reference"
+    GPU                      "cudnn" for bfloat16/float16, K <= 128 and K % 8 == 0, no key
+                             padding, query offset 0, a window only with `causal`;
+                             else "xla" where [B, H, T, S] fits, else "blockwise"
+    TPU                      "pallas" (jax's Pallas flash attention) without padding,
+                             window or offset, T and S multiples of 128; else "xla"
+                             where it fits, else "blockwise"
+    CPU                      "blockwise": the fastest JAX path measured, T = 256 to 8192
   """
-  if impl not in IMPLS:
-    raise ValueError(f"impl={impl!r}: allowed: {', '.join(IMPLS)}")
-  if impl == "auto":
-    whole = mask is not None or dropout_fn is not None or num_queries == 1
-    return "reference" if whole else "blockwise"
-  return impl
+  backend = jax.default_backend() if backend is None else backend
+  S = num_queries if num_keys is None else num_keys
+  return _choose(impl, num_queries=num_queries, num_keys=S, head_dim=head_dim,
+                 batch_heads=batch_heads, dtype=dtype, backend=backend, causal=causal,
+                 key_padding=key_padding, local_window=local_window,
+                 offset_zero=offset_zero, mask=mask is not None,
+                 dropout=dropout_fn is not None)[0]
+
+
+def describe_choice(impl: str = "auto", *, num_queries: int, num_keys: int | None = None,
+                    head_dim: int = 64, batch_heads: int = 1, dtype=jnp.float32,
+                    backend: str | None = None, causal: bool = False,
+                    key_padding: bool = False, local_window: int | None = None,
+                    dropout: bool = False) -> str:
+  """One line saying which attention `attention` runs for these settings, and why (for a
+  run's results.json). Arguments as in `choose_impl`; a refusal is described, not raised."""
+  backend = jax.default_backend() if backend is None else backend
+  S = num_queries if num_keys is None else num_keys
+  where = (f"backend={backend}, dtype={jnp.dtype(dtype).name}, T={num_queries}, S={S}, "
+           f"K={head_dim}, causal={causal}, key_padding={key_padding}, "
+           f"local_window={local_window}, dropout={dropout}")
+  try:
+    chosen, why = _choose(impl, num_queries=num_queries, num_keys=S, head_dim=head_dim,
+                          batch_heads=batch_heads, dtype=dtype, backend=backend,
+                          causal=causal, key_padding=key_padding, local_window=local_window,
+                          offset_zero=True, mask=False, dropout=dropout)
+  except ValueError as e:
+    return f"attention: refused ({e}) [{where}]"
+  if chosen == "blockwise":
+    from seqscale.ops import blockwise_attention  # pylint: disable=g-import-not-at-top
+    why += (f"; blocks {blockwise_attention.default_block(num_queries)}x"
+            f"{blockwise_attention.default_block(S)}")
+  return f"attention: {chosen} ({why}) [{where}]"
 
 
 def attention(
@@ -196,27 +297,37 @@ def attention(
       (`ops.blockwise_attention`: online softmax, memory linear in T, masked blocks
       skipped), "xla" or "cudnn" (`jax.nn.dot_product_attention`; cuDNN needs a GPU and
       float16/bfloat16; a row with every key masked follows jax.nn's convention there, not
-      zeros), or "auto" (see `choose_impl`).
+      zeros), "pallas" (jax's Pallas flash attention, TPU only: causal or no mask, T and S
+      multiples of 128), or "auto" (the table of `choose_impl`).
 
   Returns:
     out_BTHK in q's dtype.
   """
-  impl = choose_impl(impl, num_queries=q_BTHK.shape[1], mask=mask, dropout_fn=dropout_fn)
+  B, T, H, K = q_BTHK.shape
+  at_zero = isinstance(query_offset, (int, np.integer)) and query_offset == 0
+  impl = choose_impl(
+      impl, num_queries=T, num_keys=k_BSHK.shape[1], head_dim=K, batch_heads=B * H,
+      dtype=q_BTHK.dtype, causal=causal, key_padding=key_padding_mask_BS is not None,
+      local_window=local_window, offset_zero=at_zero, mask=mask, dropout_fn=dropout_fn)
   kw = dict(causal=causal, key_padding_mask_BS=key_padding_mask_BS,
             local_window=local_window, query_offset=query_offset, scale=scale)
   if impl == "reference":
     return dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, dropout_fn=dropout_fn, **kw)
+  if mask is not None and impl in ("blockwise", "pallas"):
+    raise ValueError(f"impl={impl!r} takes no `mask` (it needs the whole [T, S] weights); "
+                     "use impl='reference' or 'auto'")
+  if dropout_fn is not None:
+    raise ValueError(f"impl={impl!r} takes no `dropout_fn` (dropout needs the whole [T, S] "
+                     "weights); use impl='reference' or 'auto'")
   if impl == "blockwise":
-    if mask is not None or dropout_fn is not None:
-      raise ValueError("impl='blockwise' takes no `mask` or `dropout_fn` (they need the "
-                       "whole [T, S] weights); use impl='reference' or 'auto'")
     # Imported here: blockwise_attention builds on this module (its mask constant).
     from seqscale.ops import blockwise_attention  # pylint: disable=g-import-not-at-top
     return blockwise_attention.blockwise_attention(q_BTHK, k_BSHK, v_BSHK, **kw)
-  if dropout_fn is not None:
-    raise ValueError(f"impl={impl!r} takes no `dropout_fn`; use impl='reference'")
+  if impl == "pallas":
+    return _pallas_attention(q_BTHK, k_BSHK, v_BSHK, causal=causal, scale=scale,
+                             plain=at_zero and key_padding_mask_BS is None
+                             and local_window is None)
   allowed = None
-  at_zero = isinstance(query_offset, (int, np.integer)) and query_offset == 0
   if not at_zero or any(a is not None for a in (key_padding_mask_BS, local_window, mask)):
     allowed = make_attention_mask(
         q_BTHK.shape[1], k_BSHK.shape[1], causal=causal,
@@ -226,6 +337,20 @@ def attention(
       q_BTHK, k_BSHK, v_BSHK, scale=scale, mask=allowed,
       is_causal=causal and allowed is None, implementation=impl)
   return out.astype(q_BTHK.dtype)
+
+
+def _pallas_attention(q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, *, causal: bool,
+                      scale: float | None, plain: bool) -> Array:
+  """jax's Pallas TPU flash attention, in its [B, H, T, K] layout."""
+  fa = _pallas_tpu()
+  if fa is None or jax.default_backend() != "tpu" or not plain:
+    raise ValueError("impl='pallas' needs a TPU, jax's Pallas TPU kernels, and no key "
+                     "padding, window or query offset; use impl='auto'")
+  K = q_BTHK.shape[-1]
+  bhtk = lambda x: jnp.swapaxes(x, 1, 2)
+  out = fa.flash_attention(bhtk(q_BTHK), bhtk(k_BSHK), bhtk(v_BSHK), causal=causal,
+                           sm_scale=float(1.0 / np.sqrt(K) if scale is None else scale))
+  return bhtk(out).astype(q_BTHK.dtype)
 
 
 def project_heads(x_BTD: Array, kernel_DHK: Array, bias_HK: Array | None = None) -> Array:

@@ -26,6 +26,7 @@ from flax import nnx
 from seqscale import outputs
 from seqscale import parallel
 from seqscale.data import prefetch
+from seqscale.models import attention as attention_lib
 from seqscale.train import checkpoint as checkpoint_lib
 from seqscale.train import config as config_lib
 from seqscale.train import evaluate as evaluate_lib
@@ -330,6 +331,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.C
   logging.info("train step compiled in %.2f s", compile_time)
   tokens_per_step = _tokens_per_step(first_batch, model.interface)
   flops_per_step = _step_flops(task, model, first_batch)
+  attention = _attention_line(model, first_batch, config.batch_size)
   writer = writers.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   evaluator = evaluate_lib.Evaluator(task, strategy, model.eval_graphdef, model.interface,
                                      eval_batch_size, config.seed, shard)
@@ -373,7 +375,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.C
       "context": outputs.run_context(
           seed=config.seed, dtype=str(hparams.get("dtype") or "float32"),
           param_dtype="float32", strategy=strategy.name, num_devices=strategy.num_devices,
-          batch_size=config.batch_size, config=config.to_dict()),
+          batch_size=config.batch_size, config=config.to_dict(),
+          **({"attention": attention} if attention else {})),
   }
   if is_main:
     _write_results(workdir, results)
@@ -383,6 +386,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint_lib.C
         f"checkpoint {stopped} in {ckpt.directory} and the results so far; run the same "
         "command to continue", signals.signum)
   return results
+
+
+def _attention_line(model: _Model, batch: dict[str, Any], batch_size: int) -> str | None:
+  """What the model's (first) attention layer runs at the training length, and why
+  (``models.attention.describe_attention``); None for a model without attention."""
+  select = evaluate_lib.select(batch, model.interface)
+  T = max((np.shape(x)[1] for x in select.values() if np.ndim(x) >= 2), default=0)
+  if not T:
+    return None
+  module = nnx.merge(model.graphdef, model.abstract_state)
+  return attention_lib.describe_attention(module, int(T), batch=batch_size)
 
 
 def _step_flops(task: Any, model: _Model, batch: dict[str, Any]) -> float | None:
