@@ -59,7 +59,9 @@ def _rec_inputs(cell, rng, B=3, T=9, I=5, D=6):
     ("rnn", True), ("lstm", True), ("lstm", False), ("gru", False)])
 def test_fast_recurrent_equals_reference(cell, in_loop, rng, monkeypatch):
   # The GRU always projects its inputs before the loop; the RNN and LSTM may do it inside.
-  if not in_loop:
+  if in_loop:
+    monkeypatch.setattr(fast, "IN_LOOP_MIN_BATCH", 1)
+  else:
     monkeypatch.setattr(fast, "IN_LOOP_PROJECTION_BYTES", 0)
   params, x, carry = _rec_inputs(cell, rng)
   for lengths, reverse in ((None, False), (jnp.array([9, 4, 0]), False),
@@ -70,6 +72,15 @@ def test_fast_recurrent_equals_reference(cell, in_loop, rng, monkeypatch):
     got = jax.jit(lambda *a: _value_and_grads(lambda *b: run(fast, *b), *a))(
         params, x, carry)
     _close(got, want)
+
+
+def test_fast_recurrent_projects_in_the_loop_only_at_large_batch():
+  # On a CPU: inside the loop from IN_LOOP_MIN_BATCH up (small weights), never for the GRU.
+  w = jnp.zeros((8, 32))
+  on_cpu = jax.default_backend() == "cpu"
+  assert fast._in_loop("lstm", w, w, fast.IN_LOOP_MIN_BATCH) == on_cpu
+  assert not fast._in_loop("lstm", w, w, 1)
+  assert not fast._in_loop("gru", w, w, fast.IN_LOOP_MIN_BATCH)
 
 
 @pytest.mark.parametrize("cell", ["lstm"])
@@ -117,8 +128,9 @@ _OPS_PER_STEP = {"lstm": 8, "gru": 10}
 _FORGET_OR_RESET = {"lstm": 1, "gru": 0}  # the gate that "missing_gate" removes
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_fast_recurrent_bfloat16_follows_float32(cell, rng):
+@pytest.mark.parametrize("cell,in_loop", [("lstm", True), ("lstm", False), ("gru", False)])
+def test_fast_recurrent_bfloat16_follows_float32(cell, in_loop, rng, monkeypatch):
+  monkeypatch.setattr(fast, "IN_LOOP_MIN_BATCH", 1 if in_loop else 10**9)
   T = 16
   args = _bf16(_rec_inputs(cell, rng, T=T))  # (params, x, carry), rounded once to bf16
   run = lambda module: (lambda p, x, c: module.run(cell, x, p, c))
@@ -307,7 +319,7 @@ def test_transformer_default_equals_reference(name, kw, rng):
 def test_bench_smoke(tmp_path):
   s = bench.Settings(lengths=(8,), bf16_lengths=None, tokens=16, width=8, head_dim=4,
                      dtypes=("float32",), layers=("lstm", "attention"), repeats=1,
-                     min_repeats=1, matmul_size=32, targets=False)
+                     min_repeats=1, matmul_sizes=(16, 32), targets=False)
   result = bench.run(s, str(tmp_path), progress=None)
   rows = result["rows"]
   keys = {"layer", "impl", "T", "B", "D", "dtype", "pass", "median_s", "tokens_per_s",
@@ -324,7 +336,37 @@ def test_bench_smoke(tmp_path):
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["context"]["cpu_count"] and len(saved["rows"]) == len(rows)
   assert (tmp_path / "tokens_per_s_float32.png").exists()
+  assert {r["T"] for r in rows if r["layer"] == "matmul"} == {16, 32}
+  assert "Practical peak, float32" in md and saved["peaks"]["float32"]["flops_per_s"] > 0
   with pytest.raises(ValueError, match="layers"):
     bench.measure(bench.Settings(layers=("nope",)))
   with pytest.raises(ValueError, match="dtypes"):
     bench.measure(bench.Settings(dtypes=("float64",)))
+  with pytest.raises(ValueError, match="matmul_sizes"):
+    bench.Settings(matmul_sizes=())
+
+
+def test_bench_peak_is_the_best_of_either_library_and_verdicts_compare_to_limits():
+  from seqscale.studies import bench_report  # pylint: disable=g-import-not-at-top
+  rate = lambda impl, n, dtype, r: {"layer": "matmul", "impl": impl, "T": n, "dtype": dtype,
+                                    "flops_per_s": r}
+  rows = [rate("jax", 256, "float32", 1e11), rate("torch", 256, "float32", 2e11),
+          rate("jax", 1024, "float32", 3e11), rate("torch", 1024, "float32", None),
+          rate("jax", 256, "bfloat16", 1e11), rate("torch", 256, "bfloat16", 8e11)]
+  peaks = bench.peaks(rows)
+  assert (peaks["float32"]["flops_per_s"], peaks["float32"]["impl"], peaks["float32"]["n"]) \
+      == (3e11, "jax", 1024)
+  assert peaks["float32"]["by_impl"] == {"jax": (1024, 3e11), "torch": (256, 2e11)}
+  assert peaks["bfloat16"]["impl"] == "torch"
+  assert any("8.0x faster than XLA's" in line
+             for line in bench_report.peak_lines(peaks, ["amx_bf16"]))
+  group = [{"impl": "seqscale", "median_s": 0.9, "T": 8, "B": 2, "D": 4, "dtype": "float32"},
+           {"impl": "torch_nn_lstm", "median_s": 1.0, "T": 8, "B": 2, "D": 4,
+            "dtype": "float32"}]
+  ok = bench._ratio("lstm", group, "seqscale", "torch_nn_lstm", 0.9)
+  late = bench._ratio("lstm", group, "seqscale", "torch_nn_lstm", 0.89)
+  assert (ok["measured"], ok["met"], late["met"]) == (pytest.approx(0.9), True, False)
+  mfu = bench._verdict("mfu", 0.49, ">=", 0.5, T=8, B=2)
+  table = bench_report.targets_table([ok, late, mfu])
+  assert table.count("| pass |") == 1 and table.count("| FAIL |") == 2
+  assert "| <= 0.9 |" in table and "| >= 0.5 |" in table

@@ -211,20 +211,23 @@ class LRULayer(nnx.Module):
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def coefficients(self, u_BxH: Array, dtype: Any) -> tuple[Array, Array]:
-    """(lambda_N, gamma * B u [..., N]) in the complex ``dtype``."""
+    """(lambda_N, gamma * B u [..., N]) in the complex ``dtype``; ``B u`` computed in u's
+    dtype (the projections' dtype), then widened for the recurrence."""
     real = jnp.finfo(dtype).dtype
     lam_N = ops.lru_lambda(self.nu_log[...].astype(real), self.theta_log[...].astype(real))
     gamma_N = jnp.exp(self.gamma_log[...].astype(real))
-    u = u_BxH.astype(real)
-    bu = (u @ self.B_re[...].astype(real)) + 1j * (u @ self.B_im[...].astype(real))
+    proj = lambda w: (u_BxH @ w[...].astype(u_BxH.dtype)).astype(real)
+    bu = proj(self.B_re) + 1j * proj(self.B_im)
     return lam_N.astype(dtype), (bu * gamma_N).astype(dtype)
 
   def readout(self, x_BxN: Array, u_BxH: Array) -> Array:
-    """``u + Dense(GELU(Re(C x) + D u))``, [..., N] complex, [..., H] -> [..., H]."""
-    real = x_BxN.real.dtype
-    y = (x_BxN.real @ self.C_re[...].astype(real) - x_BxN.imag @ self.C_im[...].astype(real)
-         + self.D[...].astype(real) * u_BxH.astype(real))
-    y = self.mix(jax.nn.gelu(y.astype(u_BxH.dtype)))
+    """``u + Dense(GELU(Re(C x) + D u))``, [..., N] complex, [..., H] -> [..., H], in u's
+    dtype (the state narrowed to it for ``C x``)."""
+    dtype = u_BxH.dtype
+    cast = lambda a: a.astype(dtype)
+    y = (cast(x_BxN.real) @ cast(self.C_re[...]) - cast(x_BxN.imag) @ cast(self.C_im[...])
+         + cast(self.D[...]) * u_BxH)
+    y = self.mix(jax.nn.gelu(y))
     return u_BxH + self.dropout(y)
 
 

@@ -54,6 +54,12 @@ def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
   return nnx.Param(jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound))
 
 
+def _softmax(scores_BS: Array, mask_BS: Array | None) -> Array:
+  """The attention weights, computed in float32 and returned in the scores' dtype."""
+  weights_BS = attn.softmax_over_source(scores_BS.astype(jnp.float32), mask_BS)
+  return weights_BS.astype(scores_BS.dtype)
+
+
 def _decoder_step(p: dict[str, Any], attention: str, num_layers: int,
                   memory: dict[str, Array], carry: tuple[Any, Array],
                   x_BI: Array) -> tuple[tuple[Any, Array], tuple[Array, Array]]:
@@ -66,7 +72,7 @@ def _decoder_step(p: dict[str, Any], attention: str, num_layers: int,
   weights_BS = jnp.zeros((x_BI.shape[0], 0), x_BI.dtype)
   if attention == "additive":
     scores_BS = attn.additive_scores(layers[-1][0], keys, p["w_q"], p["v"])
-    weights_BS = attn.softmax_over_source(scores_BS, mask_BS)
+    weights_BS = _softmax(scores_BS, mask_BS)
     ctx_BM = attn.context(weights_BS, values_BSM)
     h_BX = jnp.concatenate([x_BI, ctx_BM], axis=-1)
   elif attention == "multiplicative":
@@ -78,7 +84,7 @@ def _decoder_step(p: dict[str, Any], attention: str, num_layers: int,
     layer_carry, h_BX = rec_ops.step("lstm", p["layers"][l], layers[l], h_BX)
     new_layers.append(layer_carry)
   if attention == "multiplicative":
-    weights_BS = attn.softmax_over_source(attn.dot_scores(h_BX, keys), mask_BS)
+    weights_BS = _softmax(attn.dot_scores(h_BX, keys), mask_BS)
     ctx_BM = attn.context(weights_BS, values_BSM)
   if attention != "none":
     h_BX = jnp.tanh(jnp.concatenate([ctx_BM, h_BX], axis=-1) @ p["w_c"])

@@ -18,6 +18,9 @@ choices past the cap are dropped, and the residual around the layer in ``lstm_mo
 other tokens share the call (earlier ones claim slots first), so stepping equals the full
 call only where nothing is dropped.
 
+``dtype`` (e.g. ``bfloat16``) is the experts' computation dtype; the parameters stay float32
+and the router (gate logits, noise, top-k, softmax, load) computes in float32.
+
 Shapes: B batch, T length, I input features, D width, F expert hidden width, E experts.
 """
 
@@ -99,8 +102,8 @@ class MoE(nnx.Module):
     x_NI = x_BxI.reshape(-1, self.in_features).astype(dtype)
     valid_N = None if mask is None else jnp.asarray(mask, bool).reshape(-1)
     noise_key = None if self.deterministic or not self.noisy_gating else self.rngs()
-    gating = ops.noisy_top_k_gating(x_NI, self.w_gate[...].astype(dtype),
-                                    self.w_noise[...].astype(dtype), self.k,
+    # The router in float32 (ops.moe's gating promotes the tokens), the experts in ``dtype``.
+    gating = ops.noisy_top_k_gating(x_NI, self.w_gate[...], self.w_noise[...], self.k,
                                     noise_key=noise_key, valid_N=valid_N)
     if self.capacity_factor is None:
       y_NO = ops.moe_dense(x_NI, gating.gates_NE, self.experts(dtype))

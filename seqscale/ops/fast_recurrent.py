@@ -18,12 +18,31 @@ written by hand (``jax.custom_vjp``):
 
 On a CPU the RNN and LSTM take the input projection inside the loop, one
 [B, I + D] @ [I + D, G*D] matmul per step, while the weights are small enough to stay in
-cache (``IN_LOOP_PROJECTION_BYTES``): that skips writing and re-reading the [B, T, G*D]
-projections, which measured faster than one big matmul before the loop (B=32, T=512,
-D=256). The per-step buffers are float32 under bfloat16 (see ``_buffer_dtype``).
+cache (``IN_LOOP_PROJECTION_BYTES``) and the batch is large enough (``IN_LOOP_MIN_BATCH``):
+that skips writing and re-reading the [B, T, G*D] projections, which measured faster than
+one big matmul before the loop at B=32, T=512, D=256; at B=1 the weights re-read every
+step cost more (1.9x slower at T=8192, Intel Xeon with AVX-512). The per-step buffers are
+float32 under bfloat16 (see ``_buffer_dtype``).
 
 The serial chain is unchanged: T steps of ``h @ w_hh`` forward and ``dgates @ w_hh^T``
 backward.
+
+Forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize`` excepted, see below): a
+``custom_vjp`` alone has no JVP, so the layer is also a ``jax.custom_jvp`` whose rule picks
+by what asks for the tangent (``_layer_ad``):
+
+  reverse mode (``jax.grad``, ``jax.vjp``, ``jacrev``, and Hessian-vector products
+            forward-over-reverse): the tangents come in unknown, to be transposed, and the
+            rule hands them to the ``custom_vjp`` above, so the backward pass is the
+            hand-written one, with the same residuals;
+  forward mode: the tangents are values, and the rule returns the JVP of the reference
+            scan (``ops.recurrent``), primal included; reverse-over-forward (``grad`` of a
+            ``jvp``) differentiates that plain code.
+
+A derivative of the layer taken under ``jax.checkpoint`` or ``jax.vmap`` inside ``jax.grad``
+(per-example gradients) meets the rule in forward mode and is right but runs the reference
+backward. ``jax.linearize`` builds the reverse-mode form and cannot evaluate it, as with any
+``custom_vjp``.
 """
 
 from __future__ import annotations
@@ -32,7 +51,10 @@ import functools
 from typing import Any
 
 import jax
+import jax.extend.core as jex
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+from jax.interpreters import partial_eval as pe
 
 from seqscale.ops import recurrent as ref
 
@@ -120,6 +142,12 @@ _CELLS = {"rnn": (_rnn_step, _rnn_back), "lstm": (_lstm_step, _lstm_back),
 # the [B, T, G*D] projections, a net gain while the weights stay in cache. Up to this many
 # bytes of weights; beyond, or off the CPU, the projection is one matmul before the loop.
 IN_LOOP_PROJECTION_BYTES = 4 * 2**20
+# ... and from this batch size up. Each step re-reads the [I, G*D] input weights to save
+# writing and re-reading B rows of projections: a loss at small B. Measured on a 2-core
+# Intel Xeon (AVX-512; LSTM, D=256, fwd+bwd, in one process alternating): the projection
+# before the loop took 0.53x the in-loop time at B=1 (T=8192), 0.63x at B=2 (T=2048) and
+# 0.84x at B=8 (T=512); at B=16 and 32 (T=512) the two were within the load's noise.
+IN_LOOP_MIN_BATCH = 16
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -154,10 +182,10 @@ def _h(cell, carry):
   return carry[0] if cell == "lstm" else carry
 
 
-def _in_loop(cell, w_ih, w_hh):
+def _in_loop(cell, w_ih, w_hh, B):
   size = (w_ih.shape[0] + w_hh.shape[0]) * w_hh.shape[1] * w_hh.dtype.itemsize
   return (cell != "gru" and jax.default_backend() == "cpu"
-          and size <= IN_LOOP_PROJECTION_BYTES)
+          and size <= IN_LOOP_PROJECTION_BYTES and B >= IN_LOOP_MIN_BATCH)
 
 
 def _forward(cell, reverse, unroll, save, w, b_in, b_hh, x_BTI, carry, valid_BT):
@@ -166,7 +194,7 @@ def _forward(cell, reverse, unroll, save, w, b_in, b_hh, x_BTI, carry, valid_BT)
   w_ih, w_hh = w
   step = _CELLS[cell][0]
   B, T, _ = x_BTI.shape
-  if _in_loop(cell, w_ih, w_hh):
+  if _in_loop(cell, w_ih, w_hh, B):
     w_cat = jnp.concatenate([w_ih, w_hh], axis=0)
     pre = lambda t, h: jnp.concatenate([_at(x_BTI, t), h], axis=-1) @ w_cat + b_in
   else:
@@ -235,7 +263,7 @@ def _layer_bwd(cell, reverse, unroll, res, cts):
   back = _CELLS[cell][1]
   prev = _previous(carries, carry0, reverse)
   (B, T, I), D, G = x_BTI.shape, w_hh.shape[0], w_hh.shape[1]
-  in_loop = _in_loop(cell, w_ih, w_hh)
+  in_loop = _in_loop(cell, w_ih, w_hh, B)
   bdt = saved.dtype  # the loop computes in this (float32 for narrower computations)
   # In the loop: dhw_t @ [w_hh; w_ih]^T gives the previous h's gradient and dx_t at once.
   w_t = (jnp.concatenate([w_hh, w_ih], axis=0).T if in_loop else w_hh.T).astype(bdt)
@@ -286,6 +314,56 @@ def _layer_bwd(cell, reverse, unroll, res, cts):
 _layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+# ------------------------------------------------------------------------------ forward mode
+# The custom_jvp is the outer wrapper: a custom_vjp cannot be differentiated forward, while a
+# custom_jvp's rule is what reverse mode linearizes. JAX linearizes a custom_jvp by running its
+# rule under a partial-evaluation trace, the tangents unknown ``JaxprTracer``s of it, and
+# assumes (as ``_linearizing`` does) that such a trace only builds a linear map to transpose.
+# Under another trace on top (a ``vmap`` inside the ``grad``) the rule takes forward mode.
+
+
+def _linearizing(tangents) -> bool:
+  with jex.take_current_trace() as trace:
+    pass
+  return any(isinstance(t, pe.JaxprTracer) and t._trace is trace and not t.is_known()
+             for t in jax.tree.leaves(tangents))
+
+
+def _reference_layer(cell, reverse, unroll, w, b_in, b_hh, x_BTI, carry, valid_BT):
+  """``_layer`` by ``ops.recurrent.run``: the biases as folded by ``run`` (b_hh only holds
+  the GRU's b_hn), the lengths from the valid steps."""
+  w_ih, w_hh = w
+  params = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_in,
+            "b_hh": jnp.zeros_like(b_in) if b_hh is None else b_hh}
+  lengths_B = None if valid_BT is None else jnp.sum(valid_BT, axis=1, dtype=jnp.int32)
+  return ref.run(cell, x_BTI, params, carry, lengths_B, reverse=reverse, unroll=unroll)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _layer_ad(cell, reverse, unroll, w, b_in, b_hh, x_BTI, carry, valid_BT):
+  return _layer(cell, reverse, unroll, w, b_in, b_hh, x_BTI, carry, valid_BT)
+
+
+def _layer_ad_jvp(cell, reverse, unroll, primals, tangents):
+  layer = _layer if _linearizing(tangents) else _reference_layer
+  # Only the perturbed inputs are differentiated (symbolic zeros stay closed over), so the
+  # custom_vjp sees the same inputs to differentiate as it would without this wrapper.
+  leaves, tree = jax.tree.flatten(primals)
+  dots = jax.tree.leaves(tangents, is_leaf=lambda t: isinstance(t, SymbolicZero))
+  moved = [i for i, t in enumerate(dots) if not isinstance(t, SymbolicZero)]
+
+  def f(*moving):
+    full = list(leaves)
+    for i, a in zip(moved, moving):
+      full[i] = a
+    return layer(cell, reverse, unroll, *jax.tree.unflatten(tree, full))
+
+  return jax.jvp(f, [leaves[i] for i in moved], [dots[i] for i in moved])
+
+
+_layer_ad.defjvp(_layer_ad_jvp, symbolic_zeros=True)
+
+
 def run(cell: str, x_BTI: Array, params: Params, carry: Carry | None = None,
         lengths_B: Array | None = None, *, reverse: bool = False,
         unroll: int | bool | None = None) -> tuple[Array, Carry]:
@@ -311,8 +389,8 @@ def run(cell: str, x_BTI: Array, params: Params, carry: Carry | None = None,
   valid_BT = None
   if lengths_B is not None:
     valid_BT = jnp.arange(x_BTI.shape[1])[None, :] < jnp.asarray(lengths_B)[:, None]
-  return _layer(cell, reverse, unroll, (params["w_ih"], params["w_hh"]), b_in, b_hh,
-                x_BTI.astype(dtype), carry, valid_BT)
+  return _layer_ad(cell, reverse, unroll, (params["w_ih"], params["w_hh"]), b_in, b_hh,
+                   x_BTI.astype(dtype), carry, valid_BT)
 
 
 def rnn(x_BTI: Array, params: Params, h_BD: Array | None = None,

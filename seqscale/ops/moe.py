@@ -18,6 +18,11 @@ an [E, C, I] buffer, so the experts run as one batched matmul over E, which is w
 over an ``expert`` mesh axis. ``moe_dense`` computes every expert on every token
 instead: the same output as unlimited capacity at E/k times the FLOPs (the reference path).
 
+Precision: the gating runs in at least float32 whatever the tokens' dtype (the router
+logits, their noise, top-k, the softmax and the normal CDF of the load; ``ndtr`` has no
+bfloat16 kernel, and bfloat16 logits would tie and flip choices); the experts and the combine
+run in the tokens' dtype, so a bfloat16 layer stays bfloat16.
+
 Shapes: N tokens, I input features, O output features, F expert hidden width, E experts,
 K = k chosen experts per token, C capacity (tokens per expert).
 """
@@ -57,7 +62,7 @@ def noisy_top_k_gating(x_NI: Array, w_gate_IE: Array, w_noise_IE: Array, k: int,
   """Noisy top-k gating (Shazeer et al. 2017, eqs. 3-5 and 8-10).
 
   Args:
-    x_NI: tokens.
+    x_NI: tokens (any float dtype; the gating computes in at least float32).
     w_gate_IE, w_noise_IE: gate and noise-scale weights.
     k: experts per token, 1 <= k <= E.
     noise_key: PRNG key for the gate noise; None gives the clean (evaluation) gates.
@@ -65,10 +70,13 @@ def noisy_top_k_gating(x_NI: Array, w_gate_IE: Array, w_noise_IE: Array, k: int,
     noise_epsilon: added to the noise scale softplus(x W_noise), as in Tensor2Tensor.
 
   Returns:
-    A ``Gating``. Where there is no noise (or k = E) the load is the count of tokens routed
-    to each expert, which is not differentiable; with noise it is Shazeer's smooth estimate.
+    A ``Gating``, its gates, importance and load in at least float32. Where there is no
+    noise (or k = E) the load is the count of tokens routed to each expert, which is not
+    differentiable; with noise it is Shazeer's smooth estimate.
   """
   E = w_gate_IE.shape[-1]
+  dtype = jnp.promote_types(jnp.result_type(x_NI, w_gate_IE, w_noise_IE), jnp.float32)
+  x_NI, w_gate_IE, w_noise_IE = (a.astype(dtype) for a in (x_NI, w_gate_IE, w_noise_IE))
   clean_NE = x_NI @ w_gate_IE
   noisy = noise_key is not None and k < E
   if noise_key is not None:
@@ -144,7 +152,7 @@ def moe_dense(x_NI: Array, gates_NE: Array, experts: Experts) -> Array:
   """``sum_e gates_e E_e(x)`` with every expert computed on every token: [N, I] -> [N, O]."""
   E = gates_NE.shape[-1]
   y_ENO = expert_ffn(jnp.broadcast_to(x_NI, (E, *x_NI.shape)), experts)
-  return jnp.einsum("NE,ENO->NO", gates_NE, y_ENO)
+  return jnp.einsum("NE,ENO->NO", gates_NE.astype(y_ENO.dtype), y_ENO)
 
 
 def moe_dispatch(x_NI: Array, gating: Gating, experts: Experts, capacity_: int,
