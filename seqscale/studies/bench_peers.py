@@ -50,9 +50,11 @@ def _jax_pass(apply: Callable[..., Array], params: Any, inputs: tuple[Array, ...
   floats = tuple(i for i, x in enumerate(inputs) if jnp.issubdtype(x.dtype, jnp.floating))
 
   def fwd_bwd(ct, p, rest, *xs):
-    # ``rest`` is an argument of ``loss`` (not closed over) so that nnx may update its
-    # counters inside the gradient's trace.
-    loss = lambda p, rest, *xs: jnp.sum(apply(p, rest, *xs).astype(jnp.float32) * ct)
+    # ``rest`` is an argument of ``loss`` (not closed over), copied inside the gradient's
+    # trace, so that nnx may update its counters there (an RNG drawn in the forward pass,
+    # e.g. MoE gate noise; without the copy flax raises TraceContextError).
+    loss = lambda p, rest, *xs: jnp.sum(
+        apply(p, jax.tree.map(jnp.copy, rest), *xs).astype(jnp.float32) * ct)
     return jax.value_and_grad(loss, argnums=(0, *(2 + i for i in floats)))(p, rest, *xs)
   return fwd_bwd, (ct, params, rest, *inputs)
 
