@@ -2,14 +2,12 @@
 0 that once meant "the default". Usage errors are one ``error:`` line naming the flag, exit
 code 2, no traceback, and come before any work (``experiments.cli``)."""
 
-import concurrent.futures
 import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -60,7 +58,7 @@ def _flags_of(name):
   return re.findall(r'DEFINE_\w+\(\s*"(\w+)"', source)
 
 
-def _run(name, args, tmp):
+def _case_args(args, tmp):
   os.makedirs(tmp, exist_ok=True)
   a_file = os.path.join(tmp, "a_file")
   open(a_file, "w").close()
@@ -69,13 +67,77 @@ def _run(name, args, tmp):
   elif not any(a.startswith("--workdir=") for a in args) and "--help" not in args \
       and "--helpfull" not in args:
     args = [*args, f"--workdir={os.path.join(tmp, 'work')}"]
-  args = [a.replace("FILE", a_file).replace("TMPDIR", tmp) for a in args]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  start = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300, env=env)
-  return {"code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
-          "seconds": time.perf_counter() - start, "files": sorted(os.listdir(tmp))}
+  return [a.replace("FILE", a_file).replace("TMPDIR", tmp) for a in args]
+
+
+# One interpreter imports the libraries the entry points import (no backend is started),
+# then forks one child per case that runs ``python -m experiments.<name> ARGS`` as the
+# interpreter does (runpy's _run_module_as_main in the real __main__, argv[0] the module's
+# file, an uncaught exception or SystemExit handled by the interpreter at the top level),
+# stdout and stderr in the child's own files. What the preload wrote to stderr is put in
+# front of every case's stderr, as a fresh process would have written it too.
+LIGHT = ["jax", "jax.numpy", "numpy", "flax.nnx", "optax", "seqscale.models"]  # no flags
+# What the trainer's entry points import (orbax, tensorflow_datasets and grain define flags).
+HEAVY = ["orbax.checkpoint", "tensorflow_datasets", "seqscale.train", "seqscale.outputs"]
+HEAVY_ENTRY_POINTS = {"train", "running_sum", "overview", "long_range", "text_lm", "generate"}
+_SERVER = r"""
+import importlib, json, os, sys, time
+from absl import app, flags
+n_flags = len(list(flags.FLAGS))
+parallel, light = int(sys.argv[1]), sys.argv[2] == "light"
+for module in sys.argv[3:]:
+  importlib.import_module(module)
+from jax._src import xla_bridge
+assert not xla_bridge._backends
+assert not light or len(list(flags.FLAGS)) == n_flags, "the light preload defines flags"
+cases = json.loads(sys.stdin.read())
+sys.stdout.flush(); sys.stderr.flush()
+running, results, child = {}, {}, None
+for key, name, args, out in cases + [[None] * 4] * parallel:
+  while len(running) >= parallel or (key is None and running):
+    pid, status = os.wait()
+    key_, start = running.pop(pid)
+    results[key_] = {"code": os.waitstatus_to_exitcode(status),
+                     "seconds": time.perf_counter() - start}
+  if key is None:
+    continue
+  start, pid = time.perf_counter(), os.fork()
+  if pid == 0:
+    child = (name, args, out)
+    break
+  running[pid] = (key, start)
+if child is None:
+  print(json.dumps(results))
+else:
+  name, args, out = child
+  for fd, path in ((1, out + ".stdout"), (2, out + ".stderr")):
+    f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(f, fd)
+    os.close(f)
+  import runpy
+  sys.argv, _run, _name = ["-m", *args], runpy._run_module_as_main, "experiments." + name
+  [globals().pop(k) for k in list(globals()) if not k.startswith("__") and k[0] != "_"]
+  _run(_name)
+"""
+
+
+def run_forked(cases, out_dir, env, preload=LIGHT, parallel=4):
+  """``{key: (entry point, args)}`` -> ``{key: {"code", "stdout", "stderr", "seconds"}}``,
+  each case run as ``python -m experiments.<entry point> ARGS`` in ``ROOT`` (see _SERVER)."""
+  os.makedirs(out_dir, exist_ok=True)
+  keys = {f"case{i}": key for i, key in enumerate(cases)}
+  todo = [[k, *cases[key], os.path.join(out_dir, k)] for k, key in keys.items()]
+  light = "light" if preload == LIGHT else "heavy"
+  proc = subprocess.run([sys.executable, "-c", _SERVER, str(parallel), light, *preload],
+                        cwd=ROOT, env=env, input=json.dumps(todo), capture_output=True,
+                        text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  done = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = {}
+  for k, key in keys.items():
+    read = lambda ext: open(os.path.join(out_dir, f"{k}.{ext}")).read()
+    out[key] = dict(done[k], stdout=read("stdout"), stderr=proc.stderr + read("stderr"))
+  return out
 
 
 def _readme_args() -> dict[str, list[list[str]]]:
@@ -104,10 +166,16 @@ def _run_all(tmp):
   cases["train", "helpfull"] = ["--helpfull"]
   cases.update({(name, "zero " + flag): args for (name, flag), args in ZEROS.items()})
   cases.update({(name, "other " + flag): args for (name, flag), args in OTHER.items()})
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    futures = {case: pool.submit(_run, case[0], args, os.path.join(tmp, "_".join(case)))
-               for case, args in cases.items()}
-    return {case: f.result() for case, f in futures.items()}
+  dirs = {case: os.path.join(tmp, "_".join(case)) for case in cases}
+  todo = {case: (case[0], _case_args(args, dirs[case])) for case, args in cases.items()}
+  env, results = dict(os.environ, JAX_PLATFORMS="cpu"), {}
+  for preload in (LIGHT, LIGHT + HEAVY):
+    group = {case: run for case, run in todo.items()
+             if (case[0] in HEAVY_ENTRY_POINTS) == (preload != LIGHT)}
+    results.update(run_forked(group, os.path.join(tmp, f"_out{len(preload)}"), env, preload))
+  for case, r in results.items():
+    r["files"] = sorted(os.listdir(dirs[case]))
+  return results
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Sequence parallelism on 4 and 6 forced CPU devices: sharded = unsharded, and the measures.
 
-Each device count runs once in a subprocess (``run_with_devices``) that computes every
+Both device counts run in one subprocess of 6 devices (``run_with_devices``) that computes every
 check and prints one JSON line; the tests below assert on it. References are independent
 of the code under test: ``jax.nn.dot_product_attention`` for attention, the one-device
 ``recurrent.run`` / ``linear_recurrence`` (sequential mode) for the scans. A last (slow)
@@ -29,70 +29,79 @@ from seqscale.studies import sharding
 from seqscale.ops import linear_recurrence as lr, recurrent
 from seqscale.parallel import mesh as mesh_lib, sequence, sequence_scan
 
-N = jax.device_count()
-mesh = mesh_lib.make_mesh(1, N)
 rng = np.random.default_rng(0)
 r = lambda *s: jnp.asarray(rng.normal(size=s), jnp.float32)
 B, T, H, K, I, D = 2, 48, 2, 8, 5, 8
-out = {"N": N}
-q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, K)
 err = lambda x, y: float(jnp.max(jnp.abs(x - y)))
-for causal in (False, True):
-  ref = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
-  out[f"compiler_{causal}"] = err(sequence.compiler_attention(mesh, causal=causal)(q, k, v), ref)
-  for layout in ("contiguous", "zigzag"):
-    out[f"ring_{layout}_{causal}"] = err(
-        sequence.ring_attention(q, k, v, mesh, causal=causal, layout=layout), ref)
-# Gradients of a fixed random projection of the causal output, w.r.t. q, k and v: the
-# contiguous ring masks inside fold_all, the zig-zag one skips half blocks under a cond.
-w_out = jnp.asarray(np.random.default_rng(1).normal(size=(B, T, H, K)), jnp.float32)
-grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * w_out), argnums=(0, 1, 2))(q, k, v)
-g_ref = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
-out["ring_grad_scale"] = max(float(jnp.max(jnp.abs(b))) for b in g_ref)
-for layout in ("contiguous", "zigzag"):
-  g = grads(lambda q, k, v: sequence.ring_attention(q, k, v, mesh, causal=True, layout=layout))
-  out[f"ring_grad_{layout}"] = max(err(a, b) for a, b in zip(g, g_ref))
-x = r(B, T, I)
-for cell in ("lstm", "gru"):
-  G = recurrent.NUM_GATES[cell]
-  p = {"w_ih": r(I, G * D) * .3, "w_hh": r(D, G * D) * .3, "b_ih": r(G * D) * .1,
-       "b_hh": r(G * D) * .1}
-  y, c = sequence_scan.carry_passing(cell, x, p, mesh)
-  y0, c0 = recurrent.run(cell, x, p)
-  out[f"carry_{cell}"] = max([err(y, y0)] + [err(a, b) for a, b in
-                                             zip(jax.tree.leaves(c), jax.tree.leaves(c0))])
-a = jnp.asarray(rng.uniform(0.5, 1.0, size=(B, T, D)), jnp.float32)
-b, h0 = r(B, T, D), r(B, D)
-h, f = sequence_scan.linear_scan(a, b, mesh, h0)
-h_ref, f_ref = lr.linear_recurrence(a, b, h0, mode="sequential")
-out["linear"] = max(err(h, h_ref), err(f, f_ref))
-xs = r(B, T, D)
-p = {"w_ih": r(N, D, 4 * D) * .3, "w_hh": r(N, D, 4 * D) * .3, "b_ih": r(N, 4 * D) * .1,
-     "b_hh": r(N, 4 * D) * .1}
-y_ref = xs
-for layer in range(N):
-  y_ref = recurrent.run("lstm", y_ref, {n: w[layer] for n, w in p.items()})[0]
-out["wavefront"] = err(sequence_scan.wavefront("lstm", xs, p, mesh, num_chunks=4), y_ref)
-emesh = mesh_lib.make_mesh(1, N, explicit=True)
-with jax.set_mesh(emesh):
-  qs = jax.device_put(q, jax.sharding.NamedSharding(emesh, jax.P("data", "seq")))
-  try:
-    jax.jit(jax.nn.dot_product_attention)(qs, qs, qs)
-    out["explicit_raises"] = False
-  except Exception as e:  # jax's ShardingTypeError: seq would shard two result axes
-    out["explicit_raises"] = "illegally sharded" in str(e)
 sizes = sharding.Sizes(T=48, H=2, K=8, I=8, D=16)
-for n in (1, N):
+ones = {s: sharding.measure(s, 1, sizes, timing=False) for s in sharding.STRATEGIES}
+outs = {}
+for N in (4, 6):  # meshes of the first N of 6 devices: one process for both counts
+  rng = np.random.default_rng(0)
+  mesh = mesh_lib.make_mesh(1, N)
+  out = outs[N] = {"N": N}
+  q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, K)
+  for causal in (False, True):
+    ref = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    out[f"compiler_{causal}"] = err(sequence.compiler_attention(mesh, causal=causal)(q, k, v), ref)
+    for layout in ("contiguous", "zigzag"):
+      out[f"ring_{layout}_{causal}"] = err(
+          sequence.ring_attention(q, k, v, mesh, causal=causal, layout=layout), ref)
+  # Gradients of a fixed random projection of the causal output, w.r.t. q, k and v: the
+  # contiguous ring masks inside fold_all, the zig-zag one skips half blocks under a cond.
+  w_out = jnp.asarray(np.random.default_rng(1).normal(size=(B, T, H, K)), jnp.float32)
+  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * w_out), argnums=(0, 1, 2))(q, k, v)
+  g_ref = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
+  out["ring_grad_scale"] = max(float(jnp.max(jnp.abs(b))) for b in g_ref)
+  for layout in ("contiguous", "zigzag"):
+    g = grads(lambda q, k, v: sequence.ring_attention(q, k, v, mesh, causal=True, layout=layout))
+    out[f"ring_grad_{layout}"] = max(err(a, b) for a, b in zip(g, g_ref))
+  x = r(B, T, I)
+  for cell in ("lstm", "gru"):
+    G = recurrent.NUM_GATES[cell]
+    p = {"w_ih": r(I, G * D) * .3, "w_hh": r(D, G * D) * .3, "b_ih": r(G * D) * .1,
+         "b_hh": r(G * D) * .1}
+    y, c = sequence_scan.carry_passing(cell, x, p, mesh)
+    y0, c0 = recurrent.run(cell, x, p)
+    out[f"carry_{cell}"] = max([err(y, y0)] + [err(a, b) for a, b in
+                                               zip(jax.tree.leaves(c), jax.tree.leaves(c0))])
+  a = jnp.asarray(rng.uniform(0.5, 1.0, size=(B, T, D)), jnp.float32)
+  b, h0 = r(B, T, D), r(B, D)
+  h, f = sequence_scan.linear_scan(a, b, mesh, h0)
+  h_ref, f_ref = lr.linear_recurrence(a, b, h0, mode="sequential")
+  out["linear"] = max(err(h, h_ref), err(f, f_ref))
+  xs = r(B, T, D)
+  p = {"w_ih": r(N, D, 4 * D) * .3, "w_hh": r(N, D, 4 * D) * .3, "b_ih": r(N, 4 * D) * .1,
+       "b_hh": r(N, 4 * D) * .1}
+  y_ref = xs
+  for layer in range(N):
+    y_ref = recurrent.run("lstm", y_ref, {n: w[layer] for n, w in p.items()})[0]
+  out["wavefront"] = err(sequence_scan.wavefront("lstm", xs, p, mesh, num_chunks=4), y_ref)
+  emesh = mesh_lib.make_mesh(1, N, explicit=True)
+  with jax.set_mesh(emesh):
+    qs = jax.device_put(q, jax.sharding.NamedSharding(emesh, jax.P("data", "seq")))
+    try:
+      jax.jit(jax.nn.dot_product_attention)(qs, qs, qs)
+      out["explicit_raises"] = False
+    except Exception as e:  # jax's ShardingTypeError: seq would shard two result axes
+      out["explicit_raises"] = "illegally sharded" in str(e)
   for s in sharding.STRATEGIES:
-    out[f"{s}_{n}"] = sharding.measure(s, n, sizes, timing=False)
-print(json.dumps(out))
+    out[f"{s}_1"] = ones[s]
+    out[f"{s}_{N}"] = sharding.measure(s, N, sizes, timing=False)
+print(json.dumps(outs))
 """
 
 
-@pytest.fixture(scope="module", params=[4, 6])
-def res(request):
-  lines = run_with_devices(_CODE, request.param, timeout=300).strip().splitlines()
+@pytest.fixture(scope="module")
+def all_res():
+  """Both device counts from one process of 6 devices (meshes of the first 4 and all 6)."""
+  lines = run_with_devices(_CODE, 6, timeout=300).strip().splitlines()
   return json.loads(lines[-1])
+
+
+@pytest.fixture(scope="module", params=[4, 6])
+def res(request, all_res):
+  return all_res[str(request.param)]
 
 
 @pytest.mark.parametrize("causal", [False, True])

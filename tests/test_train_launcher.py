@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from seqscale import train
+from tests.test_entry_points import HEAVY, LIGHT, run_forked
 from tests.test_train_helpers import DATA_DIR, ROOT, losses_of, subprocess_env
 
 QUICK = "experiments/configs/running_sum.py:quick"
@@ -53,21 +54,18 @@ BAD = {  # case: (config file, overrides, what the message says)
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory):
-  """Every bad input, launched at once (they spend most of their time importing)."""
+  """Every bad input, forked from one interpreter that has imported the libraries
+  (``test_entry_points.run_forked``: each child runs ``python -m experiments.train ARGS``)."""
   tmp = tmp_path_factory.mktemp("bad")
   a_file = tmp / "a_file"
   a_file.write_text("")
-  procs = {}
+  cases = {}
   for case, (config, args, _) in BAD.items():
     workdir = a_file if BAD[case][2] == "is a file" else tmp / case.replace(" ", "_")
-    env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs[case] = launch(f"--config={config}", *SMALL, *args, f"--workdir={workdir}", env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  out = {}
-  for case, proc in procs.items():
-    stdout, stderr = proc.communicate(timeout=300)
-    out[case] = (proc.returncode, stdout, stderr)
-  return out
+    cases[case] = ("train", [f"--config={config}", *SMALL, *args, f"--workdir={workdir}"])
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  runs = run_forked(cases, str(tmp / "out"), env, LIGHT + HEAVY)
+  return {case: (r["code"], r["stdout"], r["stderr"]) for case, r in runs.items()}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
