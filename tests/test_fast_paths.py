@@ -172,8 +172,10 @@ def test_recurrent_models_default_equals_reference(name, rng):
     return lambda p, x: nnx.merge(graphdef, p, rest)(x, mask=mask)
 
   params = nnx.state(fast_model, nnx.Param)
-  _close(_value_and_grads(fn(fast_model), params, x),
-         _value_and_grads(fn(ref_model), params, x))
+  # One compiled program for both paths (op-by-op dispatch costs more than compiling).
+  got, want = jax.jit(lambda p, x: (_value_and_grads(fn(fast_model), p, x),
+                                    _value_and_grads(fn(ref_model), p, x)))(params, x)
+  _close(got, want)
   with pytest.raises(ValueError, match="impl"):
     models.create(name, rngs=nnx.Rngs(0), impl="cudnn", **kw)
 
@@ -290,7 +292,7 @@ def test_attention_dispatch(rng):
     pytest.param("transformer_seq2seq", dict(in_features=3), marks=pytest.mark.slow),
 ])
 def test_transformer_default_equals_reference(name, kw, rng):
-  kw = dict(kw, hidden_features=8, num_layers=2, num_heads=2)
+  kw = dict(kw, hidden_features=8, num_layers=1, num_heads=2)  # one layer: compile time
   ours = models.create(name, rngs=nnx.Rngs(0), **kw)
   ref = models.create(name, rngs=nnx.Rngs(0), attention_impl="reference", **kw)
   B, T = 2, 10
@@ -307,7 +309,10 @@ def test_transformer_default_equals_reference(name, kw, rng):
     return lambda p: nnx.merge(graphdef, p, rest)(*inputs, **call_kw)
 
   params = nnx.state(ours, nnx.Param)
-  _close(_value_and_grads(fn(ours), params), _value_and_grads(fn(ref), params))
+  # One compiled program for both paths (op-by-op dispatch costs more than compiling).
+  got, want = jax.jit(lambda p: (_value_and_grads(fn(ours), p),
+                                 _value_and_grads(fn(ref), p)))(params)
+  _close(got, want)
   with pytest.raises(ValueError, match="attention_impl"):
     models.create(name, rngs=nnx.Rngs(0), attention_impl="flash", **kw)
 
