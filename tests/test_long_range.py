@@ -180,10 +180,13 @@ def test_bad_flag_is_one_error_line(tmp_path):
 
 @pytest.mark.slow
 def test_quick_experiment(tmp_path):
-  proc = _run(tmp_path, "--quick", "--lengths=20")
+  # The quick settings, on the one cell whose result is asserted (the LSTM cells and the
+  # adding problem are trained end to end by test_experiment_writes_outputs_and_resumes).
+  proc = _run(tmp_path, "--quick", "--lengths=20", "--tasks=copy_memory", "--models=transformer")
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
-  assert len(results["cells"]) == 4 and len(results["summary"]) == 4
+  assert len(results["cells"]) == 1 and len(results["summary"]) == 1
+  assert results["cells"][0]["steps"] <= 300  # QUICK's max_steps
   copy = [r for r in results["cells"] if r["task"] == "copy_memory" and r["length"] == 20
           and r["model"] == "transformer"]
   assert copy[0]["solved"], copy  # a causal transformer looks straight back 30 positions

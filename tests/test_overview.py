@@ -175,7 +175,8 @@ def test_interrupted_training_stops_the_run_keeping_what_was_measured(tmp_path, 
 @pytest.mark.slow
 def test_quick_overview_end_to_end(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.overview", "--quick",
-                         f"--workdir={tmp_path}", "--train_models=lstm"], cwd=ROOT,
+                         f"--workdir={tmp_path}", "--train_models=lstm",
+                         "--train_steps=1"], cwd=ROOT,
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout

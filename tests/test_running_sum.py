@@ -191,18 +191,6 @@ def _run(module, *args, env=None, timeout=600):
   return proc.stdout
 
 
-def test_running_sum_experiment_quick(tmp_path):
-  out = _run("experiments.running_sum", f"--workdir={tmp_path}", "--quick", "--max_n=64",
-             "--notrain")
-  assert "[2, 7, 10, 17]" in out
-  results = json.load(open(tmp_path / "results.json"))
-  assert {r["n"] for r in results["rows"]} == {4, 8, 16, 32, 64}
-  for r in results["rows"]:
-    assert set(rs.ROW_KEYS) <= set(r)
-  assert all(e["exact"] for e in results["exactness"])
-  assert results["context"]["backend"] and (tmp_path / "running_sum.png").exists()
-
-
 def test_crossover_experiment_quick(tmp_path):
   _run("experiments.crossover", f"--workdir={tmp_path}", "--quick", "--max_t=128",
        "--repeats=1", "--batch=2", "--width=8")
@@ -235,10 +223,17 @@ def test_run_writes_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_running_sum_experiment_trains(tmp_path):
-  _run("experiments.running_sum", f"--workdir={tmp_path}", "--quick", "--max_n=8",
-       "--train_steps=10", env={"TFDS_DATA_DIR": str(tmp_path / "data")})
+def test_running_sum_experiment_sweeps_and_trains(tmp_path):
+  # One run of the experiment: the quick sweep (n up to 64) and a short training of each model.
+  out = _run("experiments.running_sum", f"--workdir={tmp_path}", "--quick", "--max_n=64",
+             "--train_steps=2", env={"TFDS_DATA_DIR": str(tmp_path / "data")})
+  assert "[2, 7, 10, 17]" in out
   results = json.load(open(tmp_path / "results.json"))
+  assert {r["n"] for r in results["rows"]} == {4, 8, 16, 32, 64}
+  for r in results["rows"]:
+    assert set(rs.ROW_KEYS) <= set(r)
+  assert all(e["exact"] for e in results["exactness"])
+  assert results["context"]["backend"] and (tmp_path / "running_sum.png").exists()
   assert [t["model"] for t in results["training"]] == ["lstm", "mingru", "transformer"]
   for t in results["training"]:
     assert t["train_length"] == 32 and t["length_4x"] == 128
@@ -255,10 +250,11 @@ def test_mingru_associative_trains_like_sequential(tmp_path):
     c.model.name = "mingru"
     c.model.hparams.mode = mode
     c.task.update(length=16, num_train=2000, num_eval=200, data_dir=str(tmp_path / "data"))
-    c.num_steps, c.optimizer.warmup_steps, c.checkpoint_every = 200, 20, 200
+    c.num_steps, c.optimizer.warmup_steps, c.checkpoint_every = 100, 20, 100
     results[mode] = train_and_evaluate(c, str(tmp_path / mode))
   seq, assoc = results["sequential"], results["associative"]
   assert assoc["final_train_loss"] == pytest.approx(seq["final_train_loss"], rel=1e-3)
   for split in ("test", "test_4x"):
     assert abs(assoc["eval"][split]["accuracy"] - seq["eval"][split]["accuracy"]) <= 0.01
-  assert seq["eval"]["test"]["accuracy"] > 0.12  # it trained: above chance (0.1)
+  # It trained: above chance (0.1); 0.159 at 100 steps with seeds 0, 1 and 2.
+  assert seq["eval"]["test"]["accuracy"] > 0.12

@@ -244,30 +244,23 @@ def _check_results(workdir, layers):
   return results
 
 
-def test_run_writes_table_results_and_plots(tmp_path):
-  layers = ("self_attention", "rnn")
-  config = table1.make_settings(True, n_values=[8, 32], d_values=[16], layers=layers)
-  results = table1.run(config, str(tmp_path), progress=lambda s: None)
-  _check_results(tmp_path, layers)
-  cells = {c["layer"]: c for c in results["cells"]}
-  assert cells["rnn"]["depth"]["class"] == "n" and cells["rnn"]["depth"]["agree"]
-  assert cells["self_attention"]["depth"]["class"] == "1"
-  assert cells["self_attention"]["depth"]["agree"]
-  assert "| rnn | recurrent | O(n d^2) |" in (tmp_path / "table1.md").read_text()
-
-
 @pytest.mark.slow
 def test_quick_experiment_end_to_end(tmp_path):
-  # Three layer types keep the run short; run_writes_table_results_and_plots covers others.
-  layers = ("self_attention", "lstm", "linear_recurrence_associative")
+  # Four layer types at one d keep the run short (the d sweep: test_flops_exponent_in_d_...).
+  layers = ("self_attention", "rnn", "lstm", "linear_recurrence_associative")
   proc = subprocess.run([sys.executable, "-m", "experiments.table1", "--quick",
-                         f"--layers={','.join(layers)}", f"--workdir={tmp_path}"],
+                         f"--layers={','.join(layers)}", "--d_values=16",
+                         f"--workdir={tmp_path}"],
                         capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "| self_attention |" in proc.stdout
   results = _check_results(tmp_path, layers)
   assert "git_commit" in results["context"]  # the experiment passes the full run context
   cells = {c["layer"]: c for c in results["cells"]}
+  assert cells["rnn"]["depth"]["class"] == "n" and cells["rnn"]["depth"]["agree"]
+  assert cells["self_attention"]["depth"]["class"] == "1"
+  assert cells["self_attention"]["depth"]["agree"]
+  assert "| rnn | recurrent | O(n d^2) |" in (tmp_path / "table1.md").read_text()
   assert cells["linear_recurrence_associative"]["depth"]["class"] == "log n"
   assert cells["linear_recurrence_associative"]["depth"]["agree"] is False  # the finding
   assert "linear_recurrence_associative, depth**: a linear recurrence" in proc.stdout
