@@ -100,6 +100,22 @@ def read_json(path: str) -> Any:
     return None
 
 
+def read_cell(path: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
+  """A study's finished cell (a JSON row whose ``settings`` holds the training ``key`` it was
+  trained with), or None where ``path`` is absent. ValueError, naming what differs, where
+  the cell was trained with another key: a resumed study never mixes settings."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    row = json.load(f)
+  if row.get("settings") != key:
+    theirs = row.get("settings") or {}
+    diff = {k: (theirs.get(k), v) for k, v in key.items() if theirs.get(k) != v}
+    raise ValueError(f"{path} was trained with other settings ({diff}, as (cell, now)); use "
+                     "another --workdir or delete that cell to retrain it")
+  return row
+
+
 def load_average() -> list[float] | None:
   """The 1, 5 and 15 minute load averages, or None where the OS has none. Timings on a
   shared machine move with its load, so they are recorded together."""

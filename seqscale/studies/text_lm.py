@@ -23,7 +23,6 @@ side of ``experiments.generate``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -354,16 +353,7 @@ def train_cell(model_name: str, size: str, settings: Settings, *, data_dir: str
 
 def load_cell(path: str, settings: Settings) -> dict[str, Any] | None:
   """A finished cell's row, or None if absent; ValueError if trained with other settings."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    row = json.load(f)
-  if row.get("settings") != settings.training_key():
-    theirs, ours = row.get("settings") or {}, settings.training_key()
-    diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
-    raise ValueError(f"{path} was trained with other settings ({diff}, as (cell, now)); use "
-                     "another --workdir or delete that cell to retrain it")
-  return row
+  return outputs.read_cell(path, settings.training_key())
 
 
 def _line(row: dict[str, Any], note: str = "") -> str:
