@@ -216,6 +216,19 @@ def test_blockwise_attention_equals_reference(case, blocks, rng):
   _close(got, want)
 
 
+def test_blockwise_attention_default_blocks_past_512_equal_jax_nn(rng):
+  # Past 512 positions the default blocks differ for queries and keys (KEY_BLOCKS is wider
+  # than QUERY_BLOCKS), and 700 leaves a ragged last block of each.
+  T = 700
+  assert bw.default_block(T) != bw.default_block(T, bw.KEY_BLOCKS)
+  q, k, v = _qkv(rng, B=1, T=T, S=T, H=2, K=8)
+  want = _value_and_grads(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation="xla"), q, k, v)
+  got = jax.jit(lambda q, k, v: _value_and_grads(
+      lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True), q, k, v))(q, k, v)
+  _close(got, want)
+
+
 def test_blockwise_attention_fully_masked_rows_are_zero_and_finite(rng):
   q, k, v = _qkv(rng, T=6, S=6)
   kpm = jnp.array([[True] * 6, [False] * 6])  # example 1 may see no key at all

@@ -10,7 +10,7 @@ before torch loads) and `torch.set_num_threads(os.cpu_count())`.
 Candidates: `seqscale` (ops.attention.attention, impl="auto": what the models run),
 `blockwise_<bq>x<bk>` for `--blocks`, and `xla` (jax.nn.dot_product_attention) and
 `reference` (the einsum reference) up to `--quadratic_upto`. This is how the table in
-ops.blockwise_attention.BLOCKS and the CPU row of ops.attention.choose_impl were chosen.
+ops.blockwise_attention.QUERY_BLOCKS and KEY_BLOCKS and the CPU row of ops.attention.choose_impl were chosen.
 
   python tools/attention_speed.py --lengths=256,512,2048,8192 --out=/tmp/attention_speed.json
   python tools/attention_speed.py --lengths=2048 --blocks=64x64,128x128,256x256

@@ -270,7 +270,7 @@ def describe_choice(impl: str = "auto", *, num_queries: int, num_keys: int | Non
   if chosen == "blockwise":
     from seqscale.ops import blockwise_attention  # pylint: disable=g-import-not-at-top
     why += (f"; blocks {blockwise_attention.default_block(num_queries)}x"
-            f"{blockwise_attention.default_block(S)}")
+            f"{blockwise_attention.default_block(S, blockwise_attention.KEY_BLOCKS)}")
   return f"attention: {chosen} ({why}) [{where}]"
 
 

@@ -55,20 +55,25 @@ from seqscale.ops.attention import IMPLS, attention  # noqa: F401  pylint: disab
 
 Array = jax.Array
 
-# Block rows by length (queries and keys alike): (up to this many positions, block; None: the
-# length itself). Chosen with tools/attention_speed.py on a 2-core Xeon (AVX-512), B=4, H=8,
-# K=64, float32, causal forward+backward, by median CPU time: 128x128 beat 64x64 and 256x256
-# at T=512 and 2048 (and 64x128, 128x64, 128x256, 256x128 at 2048: 0.96 s against 1.07 to
-# 1.18 s); at T=256, 64x64 and 128x128 were within noise (30 and 33 ms), 256x256 52 ms.
-BLOCKS = ((128, None), (1 << 62, 128))
+# Block rows by length, for queries (by T) and keys (by S): (up to this many positions,
+# block; None: the length itself). Chosen with tools/attention_speed.py on a 2-core Xeon
+# (AVX-512), B=4, H=8, K=64, float32, causal forward+backward, by median wall time on an
+# idle machine (other processes paused): at T=2048, 256x512 took 600 ms against 725 for
+# 128x128, 683 for 128x512, 687 for 256x256 and 777 to 827 for 128, 256 or 512 x 1024; at
+# T=8192, 7.8 s against 10.6 (128x128) and 9.4 (256x256): larger blocks are larger ops,
+# which XLA spreads over both cores. At T=512, 128x128 (63 ms) beat 64x64 (71), 256x256
+# (74) and 256x512 (87); at T=256, 64x64 and 128x128 were within noise.
+QUERY_BLOCKS = ((128, None), (512, 128), (1 << 62, 256))
+KEY_BLOCKS = ((128, None), (512, 128), (1 << 62, 512))
 
 
-def default_block(n: int) -> int:
-  """Block rows for a length n (queries or keys): ``BLOCKS``; None there means n itself."""
-  for upto, block in BLOCKS:
+def default_block(n: int, table=QUERY_BLOCKS) -> int:
+  """Block rows for a length n from ``table`` (``QUERY_BLOCKS`` or ``KEY_BLOCKS``); None
+  there means n itself."""
+  for upto, block in table:
     if n <= upto:
       return max(1, n) if block is None else block
-  raise AssertionError("BLOCKS ends with an unbounded row")
+  raise AssertionError("the block table ends with an unbounded row")
 
 
 def _to_blocks(x_BTHK: Array, block: int) -> Array:
@@ -399,7 +404,7 @@ def blockwise_attention(
       (``query_offset`` may be a traced int scalar).
     scale: multiplies the scores; default 1/sqrt(K).
     block_q, block_k: rows of the query and key blocks (default ``default_block`` of T
-      and S, capped at T and S).
+      in ``QUERY_BLOCKS`` and of S in ``KEY_BLOCKS``, capped at T and S).
 
   Returns:
     out_BTHK in q's dtype. ``jax.grad`` runs the blockwise reverse pass, ``jax.jvp`` the
@@ -412,7 +417,7 @@ def blockwise_attention(
     check_int("local_window", local_window, 0)
   B, T, S, K = q_BTHK.shape[0], q_BTHK.shape[1], k_BSHK.shape[1], q_BTHK.shape[-1]
   block_q = min(default_block(T) if block_q is None else block_q, max(T, 1))
-  block_k = min(default_block(S) if block_k is None else block_k, max(S, 1))
+  block_k = min(default_block(S, KEY_BLOCKS) if block_k is None else block_k, max(S, 1))
   check_int("block_q", block_q, 1)
   check_int("block_k", block_k, 1)
   scale = float(1.0 / np.sqrt(K) if scale is None else scale)
