@@ -14,6 +14,12 @@ ops.blockwise_attention.QUERY_BLOCKS and KEY_BLOCKS and the CPU row of ops.atten
 
   python tools/attention_speed.py --lengths=256,512,2048,8192 --out=/tmp/attention_speed.json
   python tools/attention_speed.py --lengths=2048 --blocks=64x64,128x128,256x256
+  python tools/attention_speed.py --lengths=512,2048 --matmuls   # the kernel's block matmuls
+
+``--matmuls`` also times the batched matmuls the default kernel runs at each T (its block
+shapes, [B*H] batches: scores q k^T and the product p v) in XLA and in torch (``torch.bmm``),
+each as a chain of ``MATMUL_CHAIN`` products, alternating, and prints both rates: where
+XLA's own matmul is slower at these shapes, no blocking of the kernel closes the gap.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ _B = flags.DEFINE_integer("batch", 4, "B.")
 _H = flags.DEFINE_integer("heads", 8, "H.")
 _K = flags.DEFINE_integer("head_dim", 64, "K.")
 _OUT = flags.DEFINE_string("out", None, "Write the rows and the context here as JSON.")
+_MATMULS = flags.DEFINE_bool("matmuls", False, "Also time the kernel's block matmuls in XLA "
+                             "and torch.bmm.")
+MATMUL_CHAIN = 20  # products per timed call: one call is not one lucky time slice
 
 
 def _jax_candidate(fn, q, k, v, ct):
@@ -102,6 +111,52 @@ def measure(T: int, torch) -> list[dict]:
   return rows
 
 
+def matmul_rows(T: int, torch) -> list[dict]:
+  """The default kernel's two forward block products at length T, XLA against torch.bmm:
+  rows {product, shape, xla_gflops, torch_gflops, ratio} (ratio: XLA time / torch time)."""
+  n = _B.value * _H.value
+  bq = min(bw_ops.default_block(T), T)
+  bk = min(bw_ops.default_block(T, bw_ops.KEY_BLOCKS), T)
+  K = _K.value
+  rng = np.random.default_rng(0)
+  rows = []
+  for product, (m, k, c) in (("scores q k^T", (bq, K, bk)), ("p v", (bq, bk, K))):
+    a = rng.normal(size=(n, m, k)).astype(np.float32)
+    b = rng.normal(size=(n, k, c)).astype(np.float32)
+
+    @jax.jit
+    def chain(x, y):
+      body = lambda i, acc: acc + jnp.einsum("bij,bjk->bik", x + i * 1e-9, y)
+      return jax.lax.fori_loop(0, MATMUL_CHAIN, body, jnp.zeros((n, m, c), jnp.float32))
+
+    xa, xb = jnp.asarray(a), jnp.asarray(b)
+    jax.block_until_ready(chain(xa, xb))
+    times = {"xla": [], "torch": []}
+    runs = {"xla": lambda: jax.block_until_ready(chain(xa, xb))}
+    if torch is not None:
+      ta, tb, out = torch.tensor(a), torch.tensor(b), torch.empty(n, m, c)
+
+      def torch_chain():
+        acc = torch.zeros(n, m, c)
+        for _ in range(MATMUL_CHAIN):
+          torch.bmm(ta, tb, out=out)
+          acc += out
+      runs["torch"] = torch_chain
+    for run in runs.values():
+      run()
+    for _ in range(_REPEATS.value):
+      for name, run in runs.items():
+        t0 = time.perf_counter()
+        run()
+        times[name].append(time.perf_counter() - t0)
+    flops = 2.0 * n * m * k * c * MATMUL_CHAIN
+    rate = {name: flops / float(np.median(ts)) / 1e9 for name, ts in times.items() if ts}
+    rows.append(dict(T=T, product=product, shape=f"[{n},{m},{k}]x[{n},{k},{c}]",
+                     xla_gflops=rate["xla"], torch_gflops=rate.get("torch"),
+                     ratio=rate["torch"] / rate["xla"] if "torch" in rate else None))
+  return rows
+
+
 def main(argv):
   del argv
   try:
@@ -122,6 +177,13 @@ def main(argv):
       print(f"T={T:6d} {row['impl']:20s} wall {row['wall_s'] * 1e3:9.1f} ms"
             f" (x{row.get('wall_ratio', float('nan')):.2f})   cpu {row['cpu_s'] * 1e3:9.1f} ms"
             f" (x{row.get('cpu_ratio', float('nan')):.2f})   load {load}")
+  matmuls = []
+  for T in (int(t) for t in _LENGTHS.value) if _MATMULS.value else ():
+    for row in matmul_rows(T, torch):
+      matmuls.append(row)
+      print(f"T={T:6d} {row['product']:13s} {row['shape']:24s} XLA {row['xla_gflops']:6.1f} "
+            f"GFLOP/s, torch.bmm {row['torch_gflops'] or float('nan'):6.1f} GFLOP/s "
+            f"(XLA time x{row['ratio'] or float('nan'):.2f})   load {outputs.load_average()}")
   if _OUT.value:
     peer = None if torch is None else dict(
         name="torch.nn.functional.scaled_dot_product_attention(is_causal=True)",
@@ -130,7 +192,7 @@ def main(argv):
     outputs.write_json(_OUT.value, dict(
         context=outputs.run_context(peer=peer, attention=choice,
                                     load_average_after=outputs.load_average()),
-        rows=rows))
+        rows=rows, matmuls=matmuls))
 
 
 if __name__ == "__main__":
