@@ -12,6 +12,7 @@ from flax import nnx
 
 from seqscale.models.transformer import MultiHeadAttention
 from seqscale.ops import attention as A
+from tests.conftest import FAST_COMPILE
 
 B, T, S, H, K = 2, 7, 7, 4, 8
 
@@ -287,7 +288,8 @@ def test_every_impl_that_runs_here_equals_jax_nn(case):
   assert impls == ["auto", "blockwise", "reference", "xla"]
   for impl in impls:
     got = jax.jit(lambda q, k, v: vg(lambda q, k, v: A.attention(q, k, v, impl=impl,
-                                                                 **ours_kw)))(q, k, v)
+                                                                 **ours_kw)),
+                  compiler_options=FAST_COMPILE)(q, k, v)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=impl)
   # Asked for here, the GPU and TPU kernels are refused, not silently replaced.
@@ -313,7 +315,8 @@ def test_default_path_forward_mode_matches_jax_nn():
     jvp = jax.jvp(f, (q, k, v), (tq, tk, tv))
     hvp = jax.jvp(jax.grad(loss(f), argnums=(0, 1, 2)), (q, k, v), (tq, tk, tv))[1]
     return jvp, hvp, jax.jacfwd(lambda q: f(q, k1, v1))(q1)
-  got, want = jax.jit(lambda: modes(ours))(), jax.jit(lambda: modes(ref))()
+  got, want = (jax.jit(lambda f=f: modes(f), compiler_options=FAST_COMPILE)()
+               for f in (ours, ref))
   for name, tol in (("jvp", 2e-5), ("hvp", 1e-4), ("jacfwd", 1e-5)):
     for g, w in zip(jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
       np.testing.assert_allclose(g, w, atol=tol, rtol=tol, err_msg=name)

@@ -22,6 +22,7 @@ from seqscale.ops import attention as attn_ref
 from seqscale.ops import blockwise_attention as bw
 from seqscale.ops import fast_recurrent as fast
 from seqscale.ops import recurrent as rec_ref
+from tests.conftest import FAST_COMPILE
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -68,9 +69,10 @@ def test_fast_recurrent_equals_reference(cell, in_loop, rng, monkeypatch):
                            (jnp.array([9, 4, 0]), True), (None, True)):
     def run(module, params, x, carry, lengths=lengths, reverse=reverse):
       return module.run(cell, x, params, carry, lengths, reverse=reverse)
-    want = _value_and_grads(lambda *a: run(rec_ref, *a), params, x, carry)
-    got = jax.jit(lambda *a: _value_and_grads(lambda *b: run(fast, *b), *a))(
-        params, x, carry)
+    # One compiled program for both paths (op-by-op dispatch costs more than compiling).
+    got, want = jax.jit(lambda *a: (_value_and_grads(lambda *b: run(fast, *b), *a),
+                                    _value_and_grads(lambda *b: run(rec_ref, *b), *a)),
+                        compiler_options=FAST_COMPILE)(params, x, carry)
     _close(got, want)
 
 
@@ -86,9 +88,12 @@ def test_fast_recurrent_projects_in_the_loop_only_at_large_batch():
 @pytest.mark.parametrize("cell", ["lstm"])
 def test_fast_recurrent_unroll_and_zero_carry(cell, rng):
   params, x, _ = _rec_inputs(cell, rng)
-  want = _value_and_grads(lambda p, x: rec_ref.run(cell, x, p), params, x)
-  for unroll in (3, True):
-    got = _value_and_grads(lambda p, x: fast.run(cell, x, p, unroll=unroll), params, x)
+  # One compiled program for the reference and both unrolls.
+  want, *gots = jax.jit(lambda p, x: [_value_and_grads(run, p, x) for run in (
+      lambda p, x: rec_ref.run(cell, x, p),
+      *(lambda p, x, u=unroll: fast.run(cell, x, p, unroll=u) for unroll in (3, True)))],
+                        compiler_options=FAST_COMPILE)(params, x)
+  for got in gots:
     _close(got, want)
 
 
@@ -174,7 +179,8 @@ def test_recurrent_models_default_equals_reference(name, rng):
   params = nnx.state(fast_model, nnx.Param)
   # One compiled program for both paths (op-by-op dispatch costs more than compiling).
   got, want = jax.jit(lambda p, x: (_value_and_grads(fn(fast_model), p, x),
-                                    _value_and_grads(fn(ref_model), p, x)))(params, x)
+                                    _value_and_grads(fn(ref_model), p, x)),
+                      compiler_options=FAST_COMPILE)(params, x)
   _close(got, want)
   with pytest.raises(ValueError, match="impl"):
     models.create(name, rngs=nnx.Rngs(0), impl="cudnn", **kw)
@@ -208,11 +214,12 @@ def test_blockwise_attention_equals_reference(case, blocks, rng):
   q, k, v = _qkv(rng, S=S)
   if "key_padding_mask_BS" in kw:
     kw = dict(kw, key_padding_mask_BS=jnp.asarray(kw["key_padding_mask_BS"]))
-  want = _value_and_grads(lambda q, k, v: attn_ref.dot_product_attention(q, k, v, **kw),
-                          q, k, v)
-  got = jax.jit(lambda q, k, v: _value_and_grads(
+  # One compiled program for both paths (op-by-op dispatch costs more than compiling).
+  got, want = jax.jit(lambda q, k, v: (_value_and_grads(
       lambda q, k, v: bw.blockwise_attention(q, k, v, block_q=blocks[0], block_k=blocks[1],
-                                             **kw), q, k, v))(q, k, v)
+                                             **kw), q, k, v),
+      _value_and_grads(lambda q, k, v: attn_ref.dot_product_attention(q, k, v, **kw),
+                       q, k, v)), compiler_options=FAST_COMPILE)(q, k, v)
   _close(got, want)
 
 
@@ -232,9 +239,10 @@ def test_blockwise_attention_default_blocks_past_512_equal_jax_nn(rng):
 def test_blockwise_attention_fully_masked_rows_are_zero_and_finite(rng):
   q, k, v = _qkv(rng, T=6, S=6)
   kpm = jnp.array([[True] * 6, [False] * 6])  # example 1 may see no key at all
-  out, grads = _value_and_grads(
+  out, grads = jax.jit(lambda q, k, v: _value_and_grads(
       lambda q, k, v: bw.blockwise_attention(q, k, v, causal=True, key_padding_mask_BS=kpm,
-                                             block_q=2, block_k=4), q, k, v)
+                                             block_q=2, block_k=4), q, k, v),
+                       compiler_options=FAST_COMPILE)(q, k, v)
   assert np.all(np.asarray(out[1]) == 0)
   assert all(np.all(np.isfinite(g)) for g in grads)
 
@@ -243,7 +251,8 @@ def test_blockwise_attention_traced_query_offset_decoding(rng):
   # One query at a traced position against a cache, as the KV-cache step does.
   q, k, v = _qkv(rng, T=1, S=11)
   step = jax.jit(lambda q, k, v, i: bw.blockwise_attention(
-      q, k, v, causal=True, local_window=4, query_offset=i, block_k=4))
+      q, k, v, causal=True, local_window=4, query_offset=i, block_k=4),
+                 compiler_options=FAST_COMPILE)
   for i in (0, 5, 10):
     _close(step(q, k, v, i), attn_ref.dot_product_attention(
         q, k, v, causal=True, local_window=4, query_offset=i))
@@ -285,7 +294,8 @@ def test_attention_dispatch(rng):
   for impl in ("auto", "blockwise", "reference", "xla"):
     _close(bw.attention(q, k, v, impl=impl, causal=True, local_window=3), want)
   decode = jax.jit(lambda q, k, v, i: bw.attention(q[:, :1], k, v, impl="xla", causal=True,
-                                                   query_offset=i))
+                                                   query_offset=i),
+                   compiler_options=FAST_COMPILE)
   _close(decode(q, k, v, 5), attn_ref.dot_product_attention(q[:, :1], k, v, causal=True,
                                                             query_offset=5))
   with pytest.raises(ValueError, match="impl"):
@@ -324,7 +334,8 @@ def test_transformer_default_equals_reference(name, kw, rng):
   params = nnx.state(ours, nnx.Param)
   # One compiled program for both paths (op-by-op dispatch costs more than compiling).
   got, want = jax.jit(lambda p: (_value_and_grads(fn(ours), p),
-                                 _value_and_grads(fn(ref), p)))(params)
+                                 _value_and_grads(fn(ref), p)),
+                      compiler_options=FAST_COMPILE)(params)
   _close(got, want)
   with pytest.raises(ValueError, match="attention_impl"):
     models.create(name, rngs=nnx.Rngs(0), attention_impl="flash", **kw)

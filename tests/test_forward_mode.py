@@ -11,6 +11,8 @@ JVP of a scalar against its reverse-mode gradient, ``d/dt L(p + t v) = <grad L, 
 the Hessian-vector product against forward over forward, ``d2/dt2 L(p + t v) = <v, H v>``.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,7 @@ from seqscale.models import attention as attention_models
 from seqscale.models import recurrent as recurrent_models
 from seqscale.ops import fast_recurrent
 from seqscale.ops import recurrent as recurrent_ops
+from tests.conftest import FAST_COMPILE
 from tests.test_precision import NAMES, TINY
 
 B, T, I, V = 2, 4, 3, 11  # batch, length, input features (SMALL's), vocabulary
@@ -105,7 +108,7 @@ def test_jvp_and_hessian_vector_product_on_the_default_path(name):
   params = nnx.state(model, nnx.Param)
   v = _random_like(params, 1)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # compiled once, run once
   def run(params):
     return (_derivatives(model, inputs, params, v, not switched),
             _derivatives(reference, inputs, params, v, False) if switched else None)
@@ -179,12 +182,18 @@ def test_fast_recurrent_forward_mode_equals_the_reference(cell):
     f = lambda p, x, c: run(cell, x, p, c, lengths, reverse=True)
     return jax.jvp(f, (p, x, carry), (dparams, dx, dcarry))
 
-  (y, final), (dy, dfinal) = jvp(fast_recurrent.run, params)
-  (y_ref, final_ref), (dy_ref, dfinal_ref) = jvp(recurrent_ops.run, params)
+  grad_of_jvp = lambda run: jax.grad(lambda p: jnp.sum(jvp(run, p)[1][0] ** 2))(params)
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # both paths, one compile
+  def both():
+    return [(jvp(run, params), grad_of_jvp(run)) for run in (fast_recurrent.run,
+                                                              recurrent_ops.run)]
+
+  (got, got_grad), (want, want_grad) = both()
+  (y, final), (dy, dfinal) = got
+  (y_ref, final_ref), (dy_ref, dfinal_ref) = want
   for a, b in zip(jax.tree.leaves((y, final, dy, dfinal)),
                   jax.tree.leaves((y_ref, final_ref, dy_ref, dfinal_ref))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-  grad_of_jvp = lambda run: jax.grad(lambda p: jnp.sum(jvp(run, p)[1][0] ** 2))(params)
-  for a, b in zip(jax.tree.leaves(grad_of_jvp(fast_recurrent.run)),
-                  jax.tree.leaves(grad_of_jvp(recurrent_ops.run))):
+  for a, b in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -16,6 +16,7 @@ from flax import nnx
 from seqscale import models
 from seqscale.models import moe as moe_models
 from seqscale.ops import moe as moe_ops
+from tests.conftest import FAST_COMPILE
 
 I, D, V = 3, 8, 11  # input features, width, vocabulary
 SMALL = {
@@ -95,14 +96,16 @@ def test_init_forward_and_gradient_under_jit_at_two_lengths(name):
   assert model.interface in ("sequence", "seq2seq", "lm", "qa")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  @jax.jit
   def loss_fn(params, inputs):
     y = nnx.merge(graphdef, params, rest)(*inputs)
     return jnp.mean(jnp.square(y.astype(jnp.float32))), y
 
+  # The loss and its gradient in one program (one compile per T).
+  loss_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True),
+                          compiler_options=FAST_COMPILE)
   for T in (5, 12):
     inputs = _inputs(model, T)
-    (loss, y), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, inputs)
+    (loss, y), grads = loss_and_grad(params, inputs)
     width = V if model.interface in ("lm", "qa") else model.out_features
     assert y.shape == ((2, width) if model.interface == "qa" else (2, T, width))
     assert np.isfinite(np.asarray(y)).all() and np.isfinite(float(loss))
@@ -119,7 +122,7 @@ def _dependence(model, T):
   inputs = _inputs(model, T)
   if model.interface == "lm":
     tokens = np.asarray(inputs[0])
-    call = jax.jit(lambda t: model(t))  # one compile for all T + 1 calls
+    call = jax.jit(lambda t: model(t), compiler_options=FAST_COMPILE)  # one for T + 1 calls
     base = np.asarray(call(inputs[0]))
     dep = np.zeros((T, T))
     for s in range(T):
@@ -134,7 +137,7 @@ def _dependence(model, T):
   def f(x):
     return model(*inputs[:-1], x)[0] @ w  # [T]
 
-  jac = jax.jit(jax.jacrev(f))(inputs[-1])  # [T, B, T, I]
+  jac = jax.jit(jax.jacrev(f), compiler_options=FAST_COMPILE)(inputs[-1])  # [T, B, T, I]
   return np.abs(np.asarray(jac[:, 0])).sum(-1)
 
 
@@ -162,7 +165,8 @@ def test_seq2seq_encoder_sees_the_whole_source(name):
   model = _build(name)
   src, tgt = _inputs(model, T=6)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(model.out_features,)), jnp.float32)
-  jac = jax.jit(jax.jacrev(lambda s: model(s, tgt)[0, 0] @ w))(src)  # d y_0 / d src
+  jac = jax.jit(jax.jacrev(lambda s: model(s, tgt)[0, 0] @ w),  # d y_0 / d src
+                compiler_options=FAST_COMPILE)(src)
   assert np.abs(np.asarray(jac[0, 1:])).max() > 0  # the first target position sees later src
 
 
@@ -180,7 +184,8 @@ def test_step_by_step_equals_full_call(name, extra):
   state = model.init_state(batch_size=2, max_length=T)
   graphdef, weights = nnx.split(model)
   # Under jit, as a decoder runs it: the position counter must be traced, not Python.
-  step = jax.jit(lambda w, x_BI, s: nnx.merge(graphdef, w).step(x_BI, s))
+  step = jax.jit(lambda w, x_BI, s: nnx.merge(graphdef, w).step(x_BI, s),
+                 compiler_options=FAST_COMPILE)
   outs = []
   for t in range(T):
     y, state = step(weights, x[:, t], state)

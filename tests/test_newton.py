@@ -14,6 +14,7 @@ import pytest
 from seqscale.analysis.depth import sequential_depth
 from seqscale.ops import newton
 from seqscale.ops import recurrent as ref
+from tests.conftest import FAST_COMPILE
 
 CELLS = ("rnn", "gru", "lstm")
 
@@ -45,7 +46,8 @@ def _against_scan(cell, dtype):
   y_ref, c_ref = ref.run(cell, x, p, lengths_B=lengths)
   out = {}
   for method in newton.METHODS:
-    run = jax.jit(functools.partial(newton.run, cell, method=method, on_fail="raise"))
+    run = jax.jit(functools.partial(newton.run, cell, method=method, on_fail="raise"),
+                  compiler_options=FAST_COMPILE)
     y, c, info = run(x, p, lengths_B=lengths)
     assert bool(info.converged) and not bool(info.fell_back)
     out[method] = (_err(y, y_ref), _err(c, c_ref), int(info.iterations))
@@ -96,8 +98,8 @@ def test_deer_gradients_equal_scan_gradients():
       y, c = fn(x, p, h0)[:2]
       return jnp.sum(y * w) + jnp.sum(jax.tree.leaves(c)[-1] ** 2)
 
-    grad = lambda fn: jax.jit(jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2)))(
-        p, x, h0)
+    grad = lambda fn: jax.jit(jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2)),
+                              compiler_options=FAST_COMPILE)(p, x, h0)
     want = grad(functools.partial(ref.run, cell))
     methods = ("deer", "elk", "quasi_deer") if cell == "gru" else ("deer",)
     got = {m: grad(functools.partial(newton.run, cell, method=m, on_fail="raise"))
@@ -111,8 +113,8 @@ def test_deer_gradients_equal_scan_gradients():
   # forward mode, the LSTM (two-part carry)
   tangent = jax.tree.map(jnp.ones_like, p)
   _, want = jax.jvp(lambda p: ref.run("lstm", x, p)[0], (p,), (tangent,))
-  _, got = jax.jit(lambda p, t: jax.jvp(lambda p: newton.run("lstm", x, p)[0], (p,), (t,)))(
-      p, tangent)
+  _, got = jax.jit(lambda p, t: jax.jvp(lambda p: newton.run("lstm", x, p)[0], (p,), (t,)),
+                   compiler_options=FAST_COMPILE)(p, tangent)
   assert _err(got, want) < 2e-5
 
 
@@ -202,7 +204,8 @@ def test_models_accept_newton_impls():
 
   def run(model):
     graphdef, params = nnx.split(model)
-    return jax.jit(lambda p, x: nnx.merge(graphdef, p).run(x, mask=mask))(params, x)
+    return jax.jit(lambda p, x: nnx.merge(graphdef, p).run(x, mask=mask),
+                   compiler_options=FAST_COMPILE)(params, x)
 
   for cls in (models.RNN, models.GRU, models.LSTM):
     lstm = cls is models.LSTM

@@ -16,6 +16,7 @@ The MoE models run with their gate noise and balancing loss on (where bfloat16 c
 ``ndtr``); every model is test_models_common's small one, with one layer where it can.
 """
 
+import functools
 import math
 
 import jax
@@ -30,6 +31,7 @@ from seqscale.ops import moe as moe_ops
 from seqscale.train import losses
 from seqscale.train import model as model_lib
 from seqscale.train import step as step_lib
+from tests.conftest import FAST_COMPILE
 from tests.test_models_common import MOE_MODELS as MOE, SMALL
 
 V, B, T, I = 11, 2, 5, 3  # vocabulary (= classes), batch, length, SMALL's in_features
@@ -97,7 +99,7 @@ def _train(name):
   batch = _batch(model.interface)
   train_step = step_lib.make_train_step(graphdef)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)  # compiled once, run STEPS times
   def step(state, batch):
     # A copy: merging shares the state's variables, and the call advances the RNG count.
     model32, _ = nnx.merge(graphdef32, jax.tree.map(jnp.copy, state))

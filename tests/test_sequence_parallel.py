@@ -95,7 +95,9 @@ print(json.dumps(outs))
 @pytest.fixture(scope="module")
 def all_res():
   """Both device counts from one process of 6 devices (meshes of the first 4 and all 6)."""
-  lines = run_with_devices(_CODE, 6, timeout=300).strip().splitlines()
+  # Level 0 changes no measured FLOPs, collective bytes or critical path (compared: the same
+  # JSON but for max |err| values of ~1e-7 either way), and compiles ~25% faster.
+  lines = run_with_devices(_CODE, 6, timeout=300, fast_compile=True).strip().splitlines()
   return json.loads(lines[-1])
 
 

@@ -1,6 +1,7 @@
 """Transformer family: causality by gradients, stepping = full call, masks, dropout, args,
 and parity with PyTorch's nn.TransformerEncoder/Decoder layers (copied weights)."""
 
+import functools
 import itertools
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 from flax import nnx
 
 from seqscale import models
+from tests.conftest import FAST_COMPILE
 
 B, T, I, D, H = 2, 6, 3, 16, 4
 
@@ -20,7 +22,7 @@ def _x(seed, shape):
 
 def _dependence_TS(f, x_TI):
   """|d y_t / d x_s| summed over features: [T_out, T_in], for one batch row."""
-  jac = jax.jit(jax.jacrev(f))(x_TI)  # [T_out, D, T_in, I]
+  jac = jax.jit(jax.jacrev(f), compiler_options=FAST_COMPILE)(x_TI)  # [T_out, D, T_in, I]
   return np.abs(np.asarray(jac)).sum(axis=(1, 3))
 
 
@@ -102,7 +104,7 @@ def test_lm_step_equals_full_call_under_jit_scan():
   assert full.shape == (B, 9, 13)
   graphdef, params = nnx.split(model)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def decode(params, tokens):
     m = nnx.merge(graphdef, params)
     def body(state, tok_B):
