@@ -26,13 +26,14 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
 from seqscale import outputs
+from seqscale.checks import check_names
 from seqscale.train import evaluate as evaluate_lib
 from seqscale.train import losses
 from seqscale.train import model as model_lib
@@ -67,8 +68,8 @@ class Settings:
   data_seed: int = 0  # seed of the generated data (the same for every model and seed)
 
   def __post_init__(self):
-    _names("tasks", self.tasks, TASKS)
-    _names("models", self.models, MODELS)
+    check_names("tasks", self.tasks, TASKS)
+    check_names("models", self.models, MODELS)
     _ints("lengths", self.lengths, 2)
     if not self.lengths:
       raise ValueError("lengths=(); give integers >= 2, e.g. 100,200")
@@ -100,15 +101,6 @@ def _ints(flag: str, values: Any, minimum: int) -> tuple[int, ...]:
   return tuple(dict.fromkeys(out))
 
 
-def _names(flag: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-  values = tuple(str(v).strip() for v in values)
-  bad = [v for v in values if v not in allowed]
-  if bad or not values:
-    raise ValueError(f"{flag}={','.join(values)!r}: unknown {bad or 'empty'}; allowed: "
-                     + ", ".join(allowed))
-  return tuple(dict.fromkeys(values))
-
-
 QUICK = Settings(lengths=(20, 40), models=("lstm", "transformer"), seeds=1, max_steps=300,
                  eval_every=50, num_train=512, num_eval=64)
 
@@ -128,7 +120,7 @@ def make_settings(quick: bool = False, **overrides: Any) -> Settings:
     raise ValueError(f"unknown settings {unknown}")
   for name, allowed in (("tasks", TASKS), ("models", MODELS)):
     if name in given:
-      given[name] = _names(name, given[name], allowed)
+      given[name] = check_names(name, given[name], allowed)
   if "lengths" in given:
     given["lengths"] = _ints("lengths", given["lengths"], 2)
   return dataclasses.replace(base, **given)

@@ -34,6 +34,7 @@ from flax import nnx
 
 from seqscale import analysis
 from seqscale import outputs
+from seqscale.checks import check_names
 from seqscale.train import config as config_lib
 from seqscale.train import evaluate as evaluate_lib
 from seqscale.train import losses
@@ -102,8 +103,8 @@ class Settings:
   seed: int = 0
 
   def __post_init__(self):
-    _names("models", self.models, FAMILIES)
-    _names("sizes", self.sizes, tuple(SIZES))
+    check_names("models", self.models, FAMILIES)
+    check_names("sizes", self.sizes, tuple(SIZES))
     for name in ("max_train_s", "flop_budget", "cap_factor", "eval_every_s",
                  "learning_rate"):
       value = getattr(self, name)
@@ -123,15 +124,6 @@ class Settings:
     """The fields a cell's result depends on (a finished cell is reused only if they match)."""
     skip = ("models", "sizes", "levels")
     return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-
-def _names(flag: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-  values = tuple(str(v).strip() for v in values)
-  bad = [v for v in values if v not in allowed]
-  if bad or not values:
-    raise ValueError(f"{flag}={','.join(values)!r}: unknown {bad or 'empty'}; allowed: "
-                     + ", ".join(allowed))
-  return tuple(dict.fromkeys(values))
 
 
 QUICK = Settings(sizes=("quick",), max_train_s=12.0, flop_budget=1.5e11, eval_every_s=3.0,
@@ -158,7 +150,7 @@ def make_settings(preset: str = "full", **overrides: Any) -> Settings:
     raise ValueError(f"unknown settings {unknown}")
   for name, allowed in (("models", FAMILIES), ("sizes", tuple(SIZES))):
     if name in given:
-      given[name] = _names(name, given[name], allowed)
+      given[name] = check_names(name, given[name], allowed)
   if "levels" in given:
     given["levels"] = tuple(float(v) for v in given["levels"])
   return dataclasses.replace(PRESETS[preset], **given)
