@@ -56,14 +56,12 @@ def _rec_inputs(cell, rng, B=3, T=9, I=5, D=6):
   return params, x, carry
 
 
-@pytest.mark.parametrize("cell,in_loop", [
-    ("rnn", True), ("lstm", True), ("lstm", False), ("gru", False)])
-def test_fast_recurrent_equals_reference(cell, in_loop, rng, monkeypatch):
-  # The GRU always projects its inputs before the loop; the RNN and LSTM may do it inside.
-  if in_loop:
-    monkeypatch.setattr(fast, "IN_LOOP_MIN_BATCH", 1)
-  else:
-    monkeypatch.setattr(fast, "IN_LOOP_PROJECTION_BYTES", 0)
+# At B=3, T=9: 12 rows make chunks of 4 steps (one left-over step first, then two full
+# chunks); 64 rows, one chunk of all 9 steps.
+@pytest.mark.parametrize("cell,rows", [
+    ("rnn", 12), ("lstm", 12), ("lstm", 64), ("gru", 12), ("gru", 64)])
+def test_fast_recurrent_equals_reference(cell, rows, rng, monkeypatch):
+  monkeypatch.setattr(fast, "CHUNK_ROWS", rows)
   params, x, carry = _rec_inputs(cell, rng)
   for lengths, reverse in ((None, False), (jnp.array([9, 4, 0]), False),
                            (jnp.array([9, 4, 0]), True), (None, True)):
@@ -76,13 +74,13 @@ def test_fast_recurrent_equals_reference(cell, in_loop, rng, monkeypatch):
     _close(got, want)
 
 
-def test_fast_recurrent_projects_in_the_loop_only_at_large_batch():
-  # On a CPU: inside the loop from IN_LOOP_MIN_BATCH up (small weights), never for the GRU.
-  w = jnp.zeros((8, 32))
-  on_cpu = jax.default_backend() == "cpu"
-  assert fast._in_loop("lstm", w, w, fast.IN_LOOP_MIN_BATCH) == on_cpu
-  assert not fast._in_loop("lstm", w, w, 1)
-  assert not fast._in_loop("gru", w, w, fast.IN_LOOP_MIN_BATCH)
+def test_fast_recurrent_chunk_steps():
+  # About CHUNK_ROWS rows per chunk, at least one step, at most T.
+  rows = fast.CHUNK_ROWS
+  assert fast.chunk_steps(32, 512) == rows // 32
+  assert fast.chunk_steps(1, 8192) == rows
+  assert fast.chunk_steps(1, 7) == 7
+  assert fast.chunk_steps(2 * rows, 5) == 1
 
 
 @pytest.mark.parametrize("cell", ["lstm"])
@@ -133,9 +131,10 @@ _OPS_PER_STEP = {"lstm": 8, "gru": 10}
 _FORGET_OR_RESET = {"lstm": 1, "gru": 0}  # the gate that "missing_gate" removes
 
 
-@pytest.mark.parametrize("cell,in_loop", [("lstm", True), ("lstm", False), ("gru", False)])
-def test_fast_recurrent_bfloat16_follows_float32(cell, in_loop, rng, monkeypatch):
-  monkeypatch.setattr(fast, "IN_LOOP_MIN_BATCH", 1 if in_loop else 10**9)
+# B=3, T=16: 15 rows, chunks of 5 steps and one left over; 96, one chunk.
+@pytest.mark.parametrize("cell,rows", [("lstm", 15), ("lstm", 96), ("gru", 15)])
+def test_fast_recurrent_bfloat16_follows_float32(cell, rows, rng, monkeypatch):
+  monkeypatch.setattr(fast, "CHUNK_ROWS", rows)
   T = 16
   args = _bf16(_rec_inputs(cell, rng, T=T))  # (params, x, carry), rounded once to bf16
   run = lambda module: (lambda p, x, c: module.run(cell, x, p, c))

@@ -130,19 +130,29 @@ def test_jvp_and_hessian_vector_product_on_the_default_path(name):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5 * hv_scale)
 
 
-def _loop_matmuls(jaxpr, inside=False):
-  """dot_generals inside loop bodies (scan/while), counted through nested calls."""
-  count = 0
+def _matmuls(jaxpr):
+  """(dot_generals outside any loop, dot_generals in the bodies of the innermost loops:
+  the per-step ones, whatever chunks of steps the loops run over), counted through nested
+  calls, and whether ``jaxpr`` holds a loop (scan/while)."""
+  outside, per_step, loops = 0, 0, False
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general" and inside:
-      count += 1
+    outside += eqn.primitive.name == "dot_general"
     loop = eqn.primitive.name in ("scan", "while")
     for param in eqn.params.values():
       for p in param if isinstance(param, (tuple, list)) else (param,):
         inner = getattr(p, "jaxpr", p)
         if hasattr(inner, "eqns"):
-          count += _loop_matmuls(inner, inside or loop)
-  return count
+          o, s, l = _matmuls(inner)
+          if loop:  # a body that holds no loop is an innermost one
+            per_step += s if l else o
+          else:
+            outside, per_step = outside + o, per_step + s
+          loops = loops or loop or l
+  return outside, per_step, loops
+
+
+def _step_matmuls(jaxpr):
+  return _matmuls(jaxpr)[1]
 
 
 def _cell_params(cell, D=5, seed=0):
@@ -154,16 +164,17 @@ def _cell_params(cell, D=5, seed=0):
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_grad_still_runs_the_hand_written_backward(cell):
-  """Reverse mode goes through the custom VJP: its loops hold one matmul each (forward
-  ``h @ w_hh``, backward ``dgates @ w_hh^T``); the weight gradient is one matmul after the
-  loop. The reference scan's transpose accumulates ``h^T dgates`` inside its loop."""
+  """Reverse mode goes through the custom VJP: its per-step loops hold one matmul each
+  (forward ``h @ w_hh``, backward ``dgates @ w_hh^T``); the weight gradients are matmuls
+  over a chunk of steps, outside them. The reference scan's transpose accumulates
+  ``h^T dgates`` inside its per-step loop."""
   params = _cell_params(cell)
   x = jnp.ones((B, T, I))
   loss = lambda run: lambda p: jnp.sum(run(cell, x, p, lengths_B=jnp.array([T, 2]))[0] ** 2)
   fast = jax.make_jaxpr(jax.grad(loss(fast_recurrent.run)))(params).jaxpr
   ref = jax.make_jaxpr(jax.grad(loss(recurrent_ops.run)))(params).jaxpr
-  assert _loop_matmuls(fast) == 2
-  assert _loop_matmuls(ref) == 3
+  assert _step_matmuls(fast) == 2
+  assert _step_matmuls(ref) == 3
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -5,24 +5,21 @@ the math; it stays the readable reference); only the way they are computed diffe
 ``jax.grad`` of a ``lax.scan`` closes over the recurrent weights, so its transpose adds
 ``h_{t-1}^T @ dgates_t`` into a [D, G*D] accumulator *inside* the backward loop: T small
 matmuls plus T read-modify-writes of the whole weight gradient. Here the scan's VJP is
-written by hand (``jax.custom_vjp``):
+written by hand (``jax.custom_vjp``), and both loops run over chunks of steps
+(``chunk_steps``: about ``CHUNK_ROWS`` batch rows x steps each):
 
-  forward:  batch-major (no transposes); the biases folded into one; each step one matmul
-            and few elementwise kernels (the LSTM takes one sigmoid over all four gates,
+  forward:  batch-major (no transposes); the biases folded into one; per chunk, one matmul
+            projects the chunk's inputs; per step, one matmul (``h @ w_hh``) and few
+            elementwise kernels (the LSTM takes one sigmoid over all four gates,
             ``tanh(a) = 2 sigmoid(2a) - 1``); the loop saves the carries it produced and
             the gate activations;
-  backward: a reverse loop carries only dh (and dc) and emits dgates_t [B, G*D]; then
-            dW_hh = sum_t h_{t-1}^T dgates_t is ONE [D, T*B] @ [T*B, G*D] matmul (h_{t-1}
-            is the saved carries shifted by one step), dW_ih likewise with x, the biases
-            one reduction.
+  backward: a reverse loop carries only dh (and dc) and emits dgates_t [B, G*D] into the
+            chunk's buffer; per chunk, dW_hh += h_{t-1}^T dgates and dW_ih += x^T dgates
+            are one [D, steps*B] @ [steps*B, G*D] matmul each, and dx one matmul.
 
-On a CPU the RNN and LSTM take the input projection inside the loop, one
-[B, I + D] @ [I + D, G*D] matmul per step, while the weights are small enough to stay in
-cache (``IN_LOOP_PROJECTION_BYTES``) and the batch is large enough (``IN_LOOP_MIN_BATCH``):
-that skips writing and re-reading the [B, T, G*D] projections, which measured faster than
-one big matmul before the loop at B=32, T=512, D=256; at B=1 the weights re-read every
-step cost more (1.9x slower at T=8192, Intel Xeon with AVX-512). The per-step buffers are
-float32 under bfloat16 (see ``_buffer_dtype``).
+A chunk's buffers stay in cache. Projecting all T steps before the loop (and the weight
+gradients after it) would write and re-read [B, T, G*D] arrays in memory instead; the
+per-step buffers are float32 under bfloat16 (see ``_buffer_dtype``).
 
 The serial chain is unchanged: T steps of ``h @ w_hh`` forward and ``dgates @ w_hh^T``
 backward.
@@ -137,17 +134,20 @@ def _gru_back(h, rznh, dh):
 _CELLS = {"rnn": (_rnn_step, _rnn_back), "lstm": (_lstm_step, _lstm_back),
           "gru": (_gru_step, _gru_back)}
 
-# The RNN and LSTM may also take the input projection inside the loop, one
-# [B, I + D] @ [I + D, G*D] matmul per step: on a CPU that skips writing and re-reading
-# the [B, T, G*D] projections, a net gain while the weights stay in cache. Up to this many
-# bytes of weights; beyond, or off the CPU, the projection is one matmul before the loop.
-IN_LOOP_PROJECTION_BYTES = 4 * 2**20
-# ... and from this batch size up. Each step re-reads the [I, G*D] input weights to save
-# writing and re-reading B rows of projections: a loss at small B. Measured on a 2-core
-# Intel Xeon (AVX-512; LSTM, D=256, fwd+bwd, in one process alternating): the projection
-# before the loop took 0.53x the in-loop time at B=1 (T=8192), 0.63x at B=2 (T=2048) and
-# 0.84x at B=8 (T=512); at B=16 and 32 (T=512) the two were within the load's noise.
-IN_LOOP_MIN_BATCH = 16
+# Rows (batch x steps) per chunk. The loops run over chunks of CHUNK_ROWS // B steps: per
+# chunk, one [CHUNK_ROWS, I] @ [I, G*D] matmul gives the chunk's input projections
+# (forward), and the backward pass adds the chunk's weight gradients and computes its dx
+# with one matmul each. The chunk's [B, steps, G*D] buffers stay in cache, where one
+# projection of all T steps before the loop writes and re-reads [B, T, G*D] in memory
+# (and XLA's CPU backend faults in every page of such a buffer on each call). Measured on
+# a 2-core Intel Xeon (AVX-512), fwd+bwd, D=256, one process alternating: see RESULTS.md
+# ("The recurrent layers in chunks").
+CHUNK_ROWS = 1024
+
+
+def chunk_steps(B: int, T: int) -> int:
+  """Steps per chunk at batch B and length T."""
+  return max(1, min(T, CHUNK_ROWS // max(B, 1)))
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -163,12 +163,12 @@ def _put(buf_BTX, t, x_BX):
   return jax.lax.dynamic_update_index_in_dim(buf_BTX, x_BX.astype(buf_BTX.dtype), t, axis=1)
 
 
+def _span(a_BTX, t0, size):
+  return jax.lax.dynamic_slice_in_dim(a_BTX, t0, size, axis=1)
+
+
 def _keep(valid_B, new, old):
   return jax.tree.map(lambda a, b: jnp.where(valid_B[:, None], a, b), new, old)
-
-
-def _time(i, T, reverse):
-  return T - 1 - i if reverse else i
 
 
 def _buffer_dtype(dtype):
@@ -182,10 +182,21 @@ def _h(cell, carry):
   return carry[0] if cell == "lstm" else carry
 
 
-def _in_loop(cell, w_ih, w_hh, B):
-  size = (w_ih.shape[0] + w_hh.shape[0]) * w_hh.shape[1] * w_hh.dtype.itemsize
-  return (cell != "gru" and jax.default_backend() == "cpu"
-          and size <= IN_LOOP_PROJECTION_BYTES and B >= IN_LOOP_MIN_BATCH)
+def _chunked(B, T, backwards, chunk, state):
+  """``state = chunk(state, t0, size, steps)`` over the steps [0, T), in chunks of
+  ``chunk_steps(B, T)`` = C steps, ``backwards`` from T - 1 down to 0; ``steps(j)`` is the
+  j-th step's index within [t0, t0 + size) (so in time order or against it). The T % C
+  left over form the first chunk taken."""
+  C = chunk_steps(B, T)
+  n, r = divmod(T, C)
+  steps = lambda size: (lambda j: size - 1 - j) if backwards else (lambda j: j)
+  if r:
+    state = chunk(state, T - r if backwards else 0, r, steps(r))
+
+  def full(k, state):
+    i0 = r + k * C  # steps taken before this chunk
+    return chunk(state, T - i0 - C if backwards else i0, C, steps(C))
+  return jax.lax.fori_loop(0, n, full, state)
 
 
 def _forward(cell, reverse, unroll, save, w, b_in, b_hh, x_BTI, carry, valid_BT):
@@ -194,29 +205,30 @@ def _forward(cell, reverse, unroll, save, w, b_in, b_hh, x_BTI, carry, valid_BT)
   w_ih, w_hh = w
   step = _CELLS[cell][0]
   B, T, _ = x_BTI.shape
-  if _in_loop(cell, w_ih, w_hh, B):
-    w_cat = jnp.concatenate([w_ih, w_hh], axis=0)
-    pre = lambda t, h: jnp.concatenate([_at(x_BTI, t), h], axis=-1) @ w_cat + b_in
+  if cell == "gru":
+    pre = lambda xw, h: (xw, h @ w_hh + b_hh)
   else:
-    xw_BTG = _project(x_BTI, w_ih)
-    if cell == "gru":
-      pre = lambda t, h: (_at(xw_BTG, t) + b_in, h @ w_hh + b_hh)
-    else:
-      pre = lambda t, h: _at(xw_BTG, t) + b_in + h @ w_hh
-  new0, saved0 = jax.eval_shape(lambda c: step(c, pre(0, _h(cell, c))), carry)
+    pre = lambda xw, h: xw + h @ w_hh
+  xw0 = jax.ShapeDtypeStruct((B, w_ih.shape[1]), jnp.result_type(x_BTI, w_ih, b_in))
+  new0, saved0 = jax.eval_shape(lambda c, xw: step(c, pre(xw, _h(cell, c))), carry, xw0)
   bufs = lambda a: jnp.zeros((B, T) + a.shape[1:], _buffer_dtype(a.dtype))
   outs = (jax.tree.map(bufs, new0), bufs(saved0) if save else None)
 
-  def body(i, state):
-    carry, (carries, saved) = state
-    t = _time(i, T, reverse)
-    new, s = step(carry, pre(t, _h(cell, carry)))
-    if valid_BT is not None:  # a padded step leaves the carry as it was
-      new = _keep(_at(valid_BT, t), new, carry)
-    carries = jax.tree.map(lambda buf, x: _put(buf, t, x), carries, new)
-    return new, (carries, None if saved is None else _put(saved, t, s))
+  def chunk(state, t0, size, steps):
+    xw_BCG = _project(_span(x_BTI, t0, size), w_ih) + b_in
 
-  return jax.lax.fori_loop(0, T, body, (carry, outs), unroll=unroll)
+    def body(j, state):
+      carry, (carries, saved) = state
+      tc = steps(j)
+      t = t0 + tc
+      new, s = step(carry, pre(_at(xw_BCG, tc), _h(cell, carry)))
+      if valid_BT is not None:  # a padded step leaves the carry as it was
+        new = _keep(_at(valid_BT, t), new, carry)
+      carries = jax.tree.map(lambda buf, x: _put(buf, t, x), carries, new)
+      return new, (carries, None if saved is None else _put(saved, t, s))
+    return jax.lax.fori_loop(0, size, body, state, unroll=min(unroll, size))
+
+  return _chunked(B, T, reverse, chunk, (carry, outs))
 
 
 def _outputs(cell, carries, valid_BT, dtype):
@@ -242,73 +254,79 @@ def _layer_fwd(cell, reverse, unroll, w, b_in, b_hh, x_BTI, carry, valid_BT):
   return (_outputs(cell, carries, valid_BT, _h(cell, final).dtype), final), res
 
 
-def _previous(carries, carry0, reverse):
-  """The carry each step started from: the emitted carries shifted by one step."""
-  def shift(all_BTD, first_BD):
-    first = first_BD[:, None].astype(all_BTD.dtype)
-    if reverse:
-      return jnp.concatenate([all_BTD[:, 1:], first], axis=1)
-    return jnp.concatenate([first, all_BTD[:, :-1]], axis=1)
-  return jax.tree.map(shift, carries, carry0)
-
-
-def _matmul_tn(a_NX, b_NY, dtype):
-  """a^T @ b over the long leading axis (written so, XLA lays it out best on CPU)."""
-  return jnp.matmul(a_NX.T, b_NY, preferred_element_type=jnp.float32).astype(dtype)
+def _matmul_tn(a_NX, b_NY):
+  """a^T @ b over the long leading axis, in float32."""
+  return jnp.matmul(a_NX.T, b_NY, preferred_element_type=jnp.float32)
 
 
 def _layer_bwd(cell, reverse, unroll, res, cts):
   (w_ih, w_hh), b_hh, x_BTI, carry0, carries, saved, valid_BT = res
   dy_BTD, dfinal = cts
   back = _CELLS[cell][1]
-  prev = _previous(carries, carry0, reverse)
   (B, T, I), D, G = x_BTI.shape, w_hh.shape[0], w_hh.shape[1]
-  in_loop = _in_loop(cell, w_ih, w_hh, B)
   bdt = saved.dtype  # the loop computes in this (float32 for narrower computations)
-  # In the loop: dhw_t @ [w_hh; w_ih]^T gives the previous h's gradient and dx_t at once.
-  w_t = (jnp.concatenate([w_hh, w_ih], axis=0).T if in_loop else w_hh.T).astype(bdt)
-  lstm = cell == "lstm"
+  w_hh_t, w_ih_t = w_hh.T.astype(bdt), w_ih.T.astype(bdt)
+  lstm, gru = cell == "lstm", cell == "gru"
 
-  def body(i, state):
-    dcarry, dxw, dx = state
-    t = _time(i, T, not reverse)
-    dy_BD = _at(dy_BTD, t).astype(bdt)
-    d_in = (dcarry[0] + dy_BD, dcarry[1]) if lstm else dcarry + dy_BD
-    if valid_BT is not None:  # a padded step: no gradient through the cell ...
-      valid_B = _at(valid_BT, t)
-      d_in = _keep(valid_B, d_in, jax.tree.map(jnp.zeros_like, d_in))
-    rest, dxw_BG, dhw_BG = back(jax.tree.map(lambda a: _at(a, t), prev), _at(saved, t), d_in)
-    d = dhw_BG @ w_t
-    dh = _h(cell, rest) + d[:, :D]
-    dprev = (dh, rest[1]) if lstm else dh
-    if valid_BT is not None:  # ... but the carry's gradient passes straight through
-      dprev = jax.tree.map(lambda a, b: a + jnp.where(valid_B[:, None], 0, b), dprev, dcarry)
-    return dprev, _put(dxw, t, dxw_BG), (_put(dx, t, d[:, D:]) if in_loop else dx)
+  def previous(t):
+    """The carry step t started from: the carry the step before emitted, or carry0."""
+    first = t == (T - 1 if reverse else 0)
+    p = jnp.clip(t + 1 if reverse else t - 1, 0, T - 1)
+    return jax.tree.map(lambda buf, c0: jnp.where(first, c0.astype(buf.dtype), _at(buf, p)),
+                        carries, carry0)
 
-  dx0 = jnp.zeros(x_BTI.shape, bdt) if in_loop else None
+  def chunk(state, t0, size, steps):
+    dcarry, dx_BTI, grads = state
+
+    def body(j, state):
+      dcarry, dxw_BCG, hprev_BCD = state
+      tc = steps(j)
+      t = t0 + tc
+      dy_BD = _at(dy_BTD, t).astype(bdt)
+      d_in = (dcarry[0] + dy_BD, dcarry[1]) if lstm else dcarry + dy_BD
+      if valid_BT is not None:  # a padded step: no gradient through the cell ...
+        valid_B = _at(valid_BT, t)
+        d_in = _keep(valid_B, d_in, jax.tree.map(jnp.zeros_like, d_in))
+      prev = previous(t)
+      rest, dxw_BG, dhw_BG = back(prev, _at(saved, t), d_in)
+      dh = _h(cell, rest) + dhw_BG @ w_hh_t
+      dprev = (dh, rest[1]) if lstm else dh
+      if valid_BT is not None:  # ... but the carry's gradient passes straight through
+        dprev = jax.tree.map(lambda a, b: a + jnp.where(valid_B[:, None], 0, b), dprev,
+                             dcarry)
+      return dprev, _put(dxw_BCG, tc, dxw_BG), _put(hprev_BCD, tc, _h(cell, prev))
+
+    dcarry, dxw_BCG, hprev_BCD = jax.lax.fori_loop(
+        0, size, body, (dcarry, jnp.zeros((B, size, G), bdt), jnp.zeros((B, size, D), bdt)),
+        unroll=min(unroll, size))
+    # The chunk's weight gradients: [I or D, size*B] @ [size*B, G*D].
+    dxw = dxw_BCG.reshape(B * size, G)
+    h_prev = hprev_BCD.reshape(B * size, D)
+    dw_ih, dw_hh, db_in, db_hh = grads
+    dw_ih = dw_ih + _matmul_tn(_span(x_BTI, t0, size).reshape(B * size, I), dxw)
+    db_in = db_in + jnp.sum(dxw, axis=0, dtype=jnp.float32)
+    if gru:  # the n gate's hidden half enters multiplied by r (and has b_hn)
+      dhn = dxw[:, 2 * D:] * _span(saved, t0, size)[..., :D].reshape(B * size, D)
+      dw_hh = dw_hh + jnp.concatenate([_matmul_tn(h_prev, dxw[:, :2 * D]),
+                                       _matmul_tn(h_prev, dhn)], axis=1)
+      db_hh = db_hh + jnp.sum(dhn, axis=0, dtype=jnp.float32)
+    else:
+      dw_hh = dw_hh + _matmul_tn(h_prev, dxw)
+    dx_BCI = (dxw @ w_ih_t).reshape(B, size, I)
+    dx_BTI = jax.lax.dynamic_update_slice_in_dim(dx_BTI, dx_BCI, t0, axis=1)
+    return dcarry, dx_BTI, (dw_ih, dw_hh, db_in, db_hh)
+
+  f32 = lambda shape: jnp.zeros(shape, jnp.float32)
+  grads0 = (f32(w_ih.shape), f32(w_hh.shape), f32((G,)), f32((D,)) if gru else None)
   dfinal_b = jax.tree.map(lambda a: a.astype(bdt), dfinal)
-  dcarry, dxw_BTG, dx_BTI = jax.lax.fori_loop(
-      0, T, body, (dfinal_b, jnp.zeros((B, T, G), bdt), dx0), unroll=unroll)
+  dcarry, dx_BTI, (dw_ih, dw_hh, db_in, db_hh) = _chunked(
+      B, T, not reverse, chunk, (dfinal_b, jnp.zeros(x_BTI.shape, bdt), grads0))
   dcarry = jax.tree.map(lambda a, c: a.astype(c.dtype), dcarry, dfinal)
-  dxw = dxw_BTG.reshape(B * T, G)
-  h_prev = _h(cell, prev).reshape(B * T, D)
-  # Every step's weight gradients at once: [I or D, T*B] @ [T*B, G*D].
-  dw_ih = _matmul_tn(x_BTI.reshape(B * T, I), dxw, w_ih.dtype)
-  db_in = jnp.sum(dxw, axis=0, dtype=jnp.float32).astype(w_ih.dtype)
-  if in_loop:
-    dx_BTI = dx_BTI.astype(x_BTI.dtype)
-  else:
-    dx_BTI = (dxw @ w_ih.T.astype(bdt)).reshape(x_BTI.shape).astype(x_BTI.dtype)
-  if cell == "gru":  # the n gate's hidden half enters multiplied by r (and has b_hn)
-    dhn = dxw_BTG[..., 2 * D:] * saved[..., :D]
-    dw_hh = jnp.concatenate([_matmul_tn(h_prev, dxw[:, :2 * D], w_hh.dtype),
-                             _matmul_tn(h_prev, dhn.reshape(B * T, D), w_hh.dtype)], axis=1)
-    db_hh = jnp.concatenate([jnp.zeros((2 * D,), b_hh.dtype), jnp.sum(
-        dhn, axis=(0, 1), dtype=jnp.float32).astype(b_hh.dtype)])
-  else:
-    dw_hh, db_hh = _matmul_tn(h_prev, dxw, w_hh.dtype), None
+  if gru:
+    db_hh = jnp.concatenate([jnp.zeros((2 * D,), jnp.float32), db_hh]).astype(b_hh.dtype)
   dvalid = None if valid_BT is None else jnp.zeros(valid_BT.shape, jax.dtypes.float0)
-  return (dw_ih, dw_hh), db_in, db_hh, dx_BTI, dcarry, dvalid
+  return ((dw_ih.astype(w_ih.dtype), dw_hh.astype(w_hh.dtype)), db_in.astype(w_ih.dtype),
+          db_hh, dx_BTI.astype(x_BTI.dtype), dcarry, dvalid)
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
