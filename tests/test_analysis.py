@@ -286,3 +286,11 @@ def test_gated_cell_state_is_a_highway_without_matmuls():
   r = analysis.path_length_by_mixing(gated, X, causal=True, mixing=analysis.COMPUTE)
   # x_s -> x_s @ W -> tanh -> add is c_s; then a multiply and an add per step.
   assert all(r.matrix[t, s] == 3 + 2 * (t - s) for t, s in PAIRS)
+
+
+def test_alternate_takes_the_candidates_in_turn_each_round():
+  calls = []
+  runs = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+  wall, cpu = analysis.timing.alternate(runs, 3)
+  assert calls == ["a", "b", "c"] * 3
+  assert all(len(wall[n]) == len(cpu[n]) == 3 and min(wall[n]) >= 0 for n in runs)

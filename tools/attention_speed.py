@@ -25,7 +25,6 @@ XLA's own matmul is slower at these shapes, no blocking of the kernel closes the
 from __future__ import annotations
 
 import os
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads
 
@@ -36,6 +35,7 @@ import numpy as np
 from absl import app, flags
 
 from seqscale import outputs
+from seqscale.analysis import timing
 from seqscale.ops import attention as attn_ops
 from seqscale.ops import blockwise_attention as bw_ops
 
@@ -90,14 +90,7 @@ def measure(T: int, torch) -> list[dict]:
   cands = {name: _jax_candidate(fn, *arrays) for name, fn in fns.items()}
   if torch is not None:
     cands["torch_sdpa"] = _torch_candidate(torch, arrays)
-  wall = {n: [] for n in cands}
-  cpu = {n: [] for n in cands}
-  for _ in range(_REPEATS.value):
-    for name, run in cands.items():
-      c0, t0 = time.process_time(), time.perf_counter()
-      run()
-      wall[name].append(time.perf_counter() - t0)
-      cpu[name].append(time.process_time() - c0)
+  wall, cpu = timing.alternate(cands, _REPEATS.value)
   med = lambda xs: float(np.median(xs))
   peer = "torch_sdpa" if torch is not None else None
   rows = []
@@ -131,7 +124,6 @@ def matmul_rows(T: int, torch) -> list[dict]:
 
     xa, xb = jnp.asarray(a), jnp.asarray(b)
     jax.block_until_ready(chain(xa, xb))
-    times = {"xla": [], "torch": []}
     runs = {"xla": lambda: jax.block_until_ready(chain(xa, xb))}
     if torch is not None:
       ta, tb, out = torch.tensor(a), torch.tensor(b), torch.empty(n, m, c)
@@ -144,11 +136,7 @@ def matmul_rows(T: int, torch) -> list[dict]:
       runs["torch"] = torch_chain
     for run in runs.values():
       run()
-    for _ in range(_REPEATS.value):
-      for name, run in runs.items():
-        t0 = time.perf_counter()
-        run()
-        times[name].append(time.perf_counter() - t0)
+    times = timing.alternate(runs, _REPEATS.value)[0]
     flops = 2.0 * n * m * k * c * MATMUL_CHAIN
     rate = {name: flops / float(np.median(ts)) / 1e9 for name, ts in times.items() if ts}
     rows.append(dict(T=T, product=product, shape=f"[{n},{m},{k}]x[{n},{k},{c}]",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads
 
@@ -33,6 +32,7 @@ from absl import app, flags
 
 from experiments.cli import fail
 from seqscale import outputs
+from seqscale.analysis import timing
 from seqscale.ops import fast_recurrent as fast
 from seqscale.ops import recurrent as ref
 
@@ -116,14 +116,7 @@ def measure(cell: str, B: int, T: int, D: int, torch, baseline) -> list[dict]:
   if torch is not None:
     peer = f"torch_nn_{cell}"
     cands[peer] = _torch_candidate(torch, cell, params, x, ct)
-  wall = {n: [] for n in cands}
-  cpu = {n: [] for n in cands}
-  for _ in range(_REPEATS.value):
-    for name, run in cands.items():
-      c0, t0 = time.process_time(), time.perf_counter()
-      run()
-      wall[name].append(time.perf_counter() - t0)
-      cpu[name].append(time.process_time() - c0)
+  wall, cpu = timing.alternate(cands, _REPEATS.value)
   med = lambda xs: float(np.median(xs))
   rows = []
   for name in cands:

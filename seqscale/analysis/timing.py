@@ -72,6 +72,22 @@ def time_fresh(f: Callable[..., Any], *args: Any, repeats: int,
           "compile_s": timing.compile_s, "lower_s": timing.lower_s, "runs": len(runs)}
 
 
+def alternate(runs: dict[str, Callable[[], Any]], rounds: int
+              ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """Calls every thunk of ``runs`` once per round, in turn, for ``rounds`` rounds, so that
+  a change in the machine's load falls on all of them alike; returns (wall, cpu) seconds
+  per name, one entry per round (cpu: this process's CPU time, all threads)."""
+  wall: dict[str, list[float]] = {n: [] for n in runs}
+  cpu: dict[str, list[float]] = {n: [] for n in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      c0, t0 = time.process_time(), time.perf_counter()
+      run()
+      wall[name].append(time.perf_counter() - t0)
+      cpu[name].append(time.process_time() - c0)
+  return wall, cpu
+
+
 def peak_bytes(compiled: jax.stages.Compiled) -> int | None:
   """Peak memory of a compiled program (``cost.Memory.total_bytes``), None if unknown."""
   mem = cost.compiled_memory(compiled)
