@@ -216,6 +216,10 @@ def _choice(backend, T=256, S=None, K=64, dtype=jnp.float32, **kw):
 
 @pytest.mark.parametrize("backend,kw,want", [
     ("cpu", {}, "blockwise"),
+    ("cpu", {"causal": True}, "chunked"),  # T=256
+    ("cpu", {"T": 512, "causal": True}, "blockwise"),
+    ("cpu", {"causal": True, "offset_zero": False}, "blockwise"),
+    ("cpu", {"causal": True, "dtype": jnp.bfloat16}, "blockwise"),
     ("cpu", {"T": 8192, "causal": True}, "blockwise"),
     ("gpu", {"dtype": jnp.bfloat16, "causal": True}, "cudnn"),
     ("gpu", {"dtype": jnp.float16, "local_window": 4, "causal": True}, "cudnn"),
@@ -259,7 +263,11 @@ def test_describe_names_what_runs_here():
   assert "backend=cpu, dtype=float32, T=512, S=512, K=64, causal=True" in line
   mha = MultiHeadAttention(16, 2, dtype=jnp.bfloat16, dropout_rate=0.1, rngs=nnx.Rngs(0))
   assert mha.describe(64).startswith("attention: reference (dropout")
+  # Causal, T=64, but bfloat16: the blockwise kernel (chunked is for float32).
   assert mha.describe(64, training=False).startswith("attention: blockwise")
+  line = A.describe_choice(num_queries=256, batch_heads=32, causal=True)
+  assert line.startswith("attention: chunked (CPU: fastest measured at short causal T in float32; "
+                         "chunks of 32 rows)"), line
   assert "dtype=bfloat16, T=64, S=64, K=8" in mha.describe(64)
 
 
@@ -285,7 +293,7 @@ def test_every_impl_that_runs_here_equals_jax_nn(case):
   want = vg(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla",
                                                          **ref_kw))
   impls = [i for i in A.IMPLS if i not in ("cudnn", "pallas")]  # GPU and TPU only
-  assert impls == ["auto", "blockwise", "reference", "xla"]
+  assert impls == ["auto", "blockwise", "chunked", "reference", "xla"]
   for impl in impls:
     got = jax.jit(lambda q, k, v: vg(lambda q, k, v: A.attention(q, k, v, impl=impl,
                                                                  **ours_kw)),

@@ -92,7 +92,7 @@ def test_running_sum_loss_falls(arg, tmp_path):
   with open(tmp_path / "results.json") as f:  # what attention ran, chosen for this backend
     context = json.load(f)["context"]
   if arg.endswith("transformer"):
-    assert re.match(r"attention: blockwise \(CPU\b.*T=8\b", context["attention"]), context
+    assert re.match(r"attention: chunked \(CPU\b.*T=8\b", context["attention"]), context
   else:
     assert "attention" not in context
 

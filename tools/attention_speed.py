@@ -8,15 +8,17 @@ scaled_dot_product_attention(is_causal=True)`, runs with OMP_WAIT_POLICY=PASSIVE
 before torch loads) and `torch.set_num_threads(os.cpu_count())`.
 
 Candidates: `seqscale` (ops.attention.attention, impl="auto": what the models run),
-`blockwise_<bq>x<bk>` for `--blocks`, and `xla` (jax.nn.dot_product_attention) and
+`blockwise` (the blockwise kernel at its default blocks) where "auto" runs another path at
+that T (the chunked one, at short T), `blockwise_<bq>x<bk>` for `--blocks`, and `xla` (jax.nn.dot_product_attention) and
 `reference` (the einsum reference) up to `--quadratic_upto`. This is how the table in
-ops.blockwise_attention.QUERY_BLOCKS and KEY_BLOCKS and the CPU row of ops.attention.choose_impl were chosen.
+ops.blockwise_attention.QUERY_BLOCKS and KEY_BLOCKS and the CPU rows of
+ops.attention.choose_impl were chosen.
 
   python tools/attention_speed.py --lengths=256,512,2048,8192 --out=/tmp/attention_speed.json
   python tools/attention_speed.py --lengths=2048 --blocks=64x64,128x128,256x256
   python tools/attention_speed.py --lengths=512,2048 --matmuls   # the kernel's block matmuls
 
-``--matmuls`` also times the batched matmuls the default kernel runs at each T (its block
+``--matmuls`` also times the batched matmuls the blockwise kernel runs at each T (its block
 shapes, [B*H] batches: scores q k^T and the product p v) in XLA and in torch (``torch.bmm``),
 each as a chain of ``MATMUL_CHAIN`` products, alternating, and prints both rates: where
 XLA's own matmul is slower at these shapes, no blocking of the kernel closes the gap.
@@ -79,6 +81,9 @@ def measure(T: int, torch) -> list[dict]:
   rng = np.random.default_rng(T)
   arrays = [jnp.asarray(rng.normal(size=(B, T, H, K)), jnp.float32) for _ in range(4)]
   fns = {"seqscale": lambda q, k, v: attn_ops.attention(q, k, v, causal=True)}
+  if attn_ops.choose_impl("auto", num_queries=T, head_dim=K, batch_heads=B * H,
+                          causal=True) != "blockwise":
+    fns["blockwise"] = lambda q, k, v: bw_ops.blockwise_attention(q, k, v, causal=True)
   for spec in _BLOCKS.value:
     bq, bk = (int(x) for x in spec.split("x"))
     fns[f"blockwise_{bq}x{bk}"] = (lambda q, k, v, bq=bq, bk=bk: bw_ops.blockwise_attention(
@@ -105,7 +110,7 @@ def measure(T: int, torch) -> list[dict]:
 
 
 def matmul_rows(T: int, torch) -> list[dict]:
-  """The default kernel's two forward block products at length T, XLA against torch.bmm:
+  """The blockwise kernel's two forward block products at length T, XLA against torch.bmm:
   rows {product, shape, xla_gflops, torch_gflops, ratio} (ratio: XLA time / torch time)."""
   n = _B.value * _H.value
   bq = min(bw_ops.default_block(T), T)

@@ -28,7 +28,7 @@ Array = jax.Array
 # masked row, so neither the softmax nor its gradient can produce NaN.
 MASKED_SCORE = -0.7 * float(np.finfo(np.float32).max)
 # The implementations `attention` dispatches between (the same function each time).
-IMPLS = ("auto", "blockwise", "reference", "xla", "cudnn", "pallas")
+IMPLS = ("auto", "blockwise", "chunked", "reference", "xla", "cudnn", "pallas")
 
 
 def make_attention_mask(
@@ -200,10 +200,17 @@ def _choose(impl: str, *, num_queries: int, num_keys: int, head_dim: int, batch_
     if fits:
       return "xla", "TPU, not the Pallas kernel's case"
     return "blockwise", "TPU, the [T, S] scores would not fit"
-  # CPU (and any other backend): the blockwise kernel was the fastest JAX path measured
-  # (tools/attention_speed.py, causal fwd+bwd, B=4, H=8, K=64, float32, CPU time): XLA's
-  # and the einsum reference took 1.6 to 3.5 times as long at T=256 and 512 and form the
-  # [T, S] scores; at T=8192 only the blockwise kernel fits.
+  # CPU (and any other backend), measured with tools/attention_speed.py (causal fwd+bwd,
+  # B=4, H=8, K=64, float32): up to CHUNKED_UPTO positions the query chunks against their
+  # visible keys (no loops, no recomputation) beat the blockwise kernel in float32 (T=256:
+  # 10 to 11 ms against 18 to 19; in bfloat16 they took 22 ms against 12.5, the backward's
+  # elementwise work in bfloat16); past it the blockwise kernel was the fastest JAX path:
+  # XLA's and the einsum reference took 1.6 to 3.5 times as long at T=512 and form the
+  # [T, S] scores, and at T=8192 only the blockwise kernel fits.
+  from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
+  if (causal and offset_zero and fits and jnp.dtype(dtype) == jnp.float32
+      and T <= chunked_attention.CHUNKED_UPTO):
+    return "chunked", "CPU: fastest measured at short causal T in float32"
   return "blockwise", "CPU: fastest measured"
 
 
@@ -237,7 +244,9 @@ def choose_impl(impl: str, *, num_queries: int, num_keys: int | None = None,
     TPU                      "pallas" (jax's Pallas flash attention) without padding,
                              window or offset, T and S multiples of 128; else "xla"
                              where it fits, else "blockwise"
-    CPU                      "blockwise": the fastest JAX path measured, T = 256 to 8192
+    CPU                      "chunked" for float32 causal attention up to CHUNKED_UPTO
+                             positions (query offset 0), else "blockwise": the fastest
+                             JAX paths measured, T = 64 to 8192
   """
   backend = jax.default_backend() if backend is None else backend
   S = num_queries if num_keys is None else num_keys
@@ -271,6 +280,9 @@ def describe_choice(impl: str = "auto", *, num_queries: int, num_keys: int | Non
     from seqscale.ops import blockwise_attention  # pylint: disable=g-import-not-at-top
     why += (f"; blocks {blockwise_attention.default_block(num_queries)}x"
             f"{blockwise_attention.default_block(S, blockwise_attention.KEY_BLOCKS)}")
+  if chosen == "chunked":
+    from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
+    why += f"; chunks of {min(chunked_attention.default_chunk(num_queries), num_queries)} rows"
   return f"attention: {chosen} ({why}) [{where}]"
 
 
@@ -295,7 +307,8 @@ def attention(
       scale, dropout_fn: as in `dot_product_attention`.
     impl: "reference" (`dot_product_attention`), "blockwise"
       (`ops.blockwise_attention`: online softmax, memory linear in T, masked blocks
-      skipped), "xla" or "cudnn" (`jax.nn.dot_product_attention`; cuDNN needs a GPU and
+      skipped), "chunked" (`ops.chunked_attention`: query chunks against the keys they
+      may see; `query_offset` a Python int), "xla" or "cudnn" (`jax.nn.dot_product_attention`; cuDNN needs a GPU and
       float16/bfloat16; a row with every key masked follows jax.nn's convention there, not
       zeros), "pallas" (jax's Pallas flash attention, TPU only: causal or no mask, T and S
       multiples of 128), or "auto" (the table of `choose_impl`).
@@ -313,7 +326,7 @@ def attention(
             local_window=local_window, query_offset=query_offset, scale=scale)
   if impl == "reference":
     return dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, dropout_fn=dropout_fn, **kw)
-  if mask is not None and impl in ("blockwise", "pallas"):
+  if mask is not None and impl in ("blockwise", "chunked", "pallas"):
     raise ValueError(f"impl={impl!r} takes no `mask` (it needs the whole [T, S] weights); "
                      "use impl='reference' or 'auto'")
   if dropout_fn is not None:
@@ -323,6 +336,9 @@ def attention(
     # Imported here: blockwise_attention builds on this module (its mask constant).
     from seqscale.ops import blockwise_attention  # pylint: disable=g-import-not-at-top
     return blockwise_attention.blockwise_attention(q_BTHK, k_BSHK, v_BSHK, **kw)
+  if impl == "chunked":
+    from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
+    return chunked_attention.chunked_attention(q_BTHK, k_BSHK, v_BSHK, **kw)
   if impl == "pallas":
     return _pallas_attention(q_BTHK, k_BSHK, v_BSHK, causal=causal, scale=scale,
                              plain=at_zero and key_padding_mask_BS is None
