@@ -267,7 +267,7 @@ def test_describe_names_what_runs_here():
   assert mha.describe(64, training=False).startswith("attention: blockwise")
   line = A.describe_choice(num_queries=256, batch_heads=32, causal=True)
   assert line.startswith("attention: chunked (CPU: fastest measured at short causal T in float32; "
-                         "chunks of 32 rows)"), line
+                         "chunks of 40 rows)"), line
   assert "dtype=bfloat16, T=64, S=64, K=8" in mha.describe(64)
 
 

@@ -369,7 +369,8 @@ def test_chunked_attention_bfloat16_follows_float32(rng):
 def test_chunked_attention_default_chunks():
   assert chunked.default_chunk(1) == 1
   assert chunked.default_chunk(64) == 64  # one chunk
-  assert chunked.default_chunk(65) == chunked.default_chunk(256) == 32
+  assert chunked.default_chunk(65) == chunked.default_chunk(128) == 32
+  assert chunked.default_chunk(129) == chunked.default_chunk(256) == 40
   # What "auto" runs on the CPU: chunked for short causal attention at offset 0 only.
   choose = lambda **kw: attn_ref.choose_impl("auto", backend="cpu", batch_heads=32, **kw)
   assert choose(num_queries=chunked.CHUNKED_UPTO, causal=True) == "chunked"

@@ -203,7 +203,7 @@ def _choose(impl: str, *, num_queries: int, num_keys: int, head_dim: int, batch_
   # CPU (and any other backend), measured with tools/attention_speed.py (causal fwd+bwd,
   # B=4, H=8, K=64, float32): up to CHUNKED_UPTO positions the query chunks against their
   # visible keys (no loops, no recomputation) beat the blockwise kernel in float32 (T=256:
-  # 10 to 11 ms against 18 to 19; in bfloat16 they took 22 ms against 12.5, the backward's
+  # 9 to 12 ms against 17 to 19; in bfloat16 they took 22 ms against 12.5, the backward's
   # elementwise work in bfloat16); past it the blockwise kernel was the fastest JAX path:
   # XLA's and the einsum reference took 1.6 to 3.5 times as long at T=512 and form the
   # [T, S] scores, and at T=8192 only the blockwise kernel fits.

@@ -34,13 +34,15 @@ from seqscale.ops.attention import MASKED_SCORE
 Array = jax.Array
 
 # Chunk rows by length T: (up to this many positions, rows; None: T itself, one chunk).
-# Chosen with a scratch same-process timing against torch SDPA on a 2-core Xeon (AVX-512),
-# B=4, H=8, K=64, float32, causal forward+backward, median of 9 alternating rounds: at
+# Chosen with same-process timings against torch SDPA on a 2-core Xeon (AVX-512), B=4,
+# H=8, K=64, float32, causal forward+backward, medians of 9 to 21 alternating rounds: at
 # T=64 one chunk took 1.6 ms against 1.8 to 1.9 for 2 or 4; at T=128 chunks of 32 rows
-# 3.4 ms against 3.9 (64) and 4.2 (128); at T=256 32 rows 10.0 to 11.0 ms against 10.3 to
-# 11.0 (64), 12.9 (128) and 22.6 (16). At T=512 it tied the blockwise kernel (56 against
-# 56 ms) and at T=1024 lost (207 against 183): past CHUNKED_UPTO the blockwise kernel runs.
-CHUNK_ROWS = ((64, None), (1 << 62, 32))
+# 3.1 to 3.4 ms against 3.6 (40), 3.6 to 4.2 (64) and 4.2 (24); at T=256 chunks of 40
+# rows (six, and 16 left over) 8.7 to 9.3 ms, in three runs, against 9.6 to 10.3 (64),
+# 9.9 to 11.0 (32), 10.6 (36), 10.3 (44), 10.5 (52) and 10.8 (48). At T=512 no chunk size
+# beat the blockwise kernel (55 to 67 ms against 56 to 60) and at T=1024 they lost (207
+# against 183): past CHUNKED_UPTO the blockwise kernel runs.
+CHUNK_ROWS = ((64, None), (128, 32), (1 << 62, 40))
 CHUNKED_UPTO = 256
 
 
