@@ -207,18 +207,28 @@ ATTENTION_CASES = {
 }
 
 
+# The fast attention paths at sizes that leave ragged pieces: the blockwise kernel in 4x4
+# and 3x5 blocks; the chunked one in chunks of 4 (three full, one row left over) or 5.
+_FAST_ATTENTION = {
+    "blockwise_b4x4": lambda **kw: bw.blockwise_attention(**kw, block_q=4, block_k=4),
+    "blockwise_b3x5": lambda **kw: bw.blockwise_attention(**kw, block_q=3, block_k=5),
+    "chunked_4": lambda **kw: chunked.chunked_attention(**kw, chunk=4),
+    "chunked_5": lambda **kw: chunked.chunked_attention(**kw, chunk=5),
+}
+
+
 @pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
-@pytest.mark.parametrize("blocks", [(4, 4), (3, 5)], ids=lambda b: f"b{b[0]}x{b[1]}")
-def test_blockwise_attention_equals_reference(case, blocks, rng):
+@pytest.mark.parametrize("path", sorted(_FAST_ATTENTION))
+def test_fast_attention_equals_reference(case, path, rng):
   kw = ATTENTION_CASES[case]
   S = 17 if "query_offset" in kw else 13
   q, k, v = _qkv(rng, S=S)
   if "key_padding_mask_BS" in kw:
     kw = dict(kw, key_padding_mask_BS=jnp.asarray(kw["key_padding_mask_BS"]))
+  fast_fn = _FAST_ATTENTION[path]
   # One compiled program for both paths (op-by-op dispatch costs more than compiling).
   got, want = jax.jit(lambda q, k, v: (_value_and_grads(
-      lambda q, k, v: bw.blockwise_attention(q, k, v, block_q=blocks[0], block_k=blocks[1],
-                                             **kw), q, k, v),
+      lambda q, k, v: fast_fn(q_BTHK=q, k_BSHK=k, v_BSHK=v, **kw), q, k, v),
       _value_and_grads(lambda q, k, v: attn_ref.dot_product_attention(q, k, v, **kw),
                        q, k, v)), compiler_options=FAST_COMPILE)(q, k, v)
   _close(got, want)
@@ -290,22 +300,6 @@ def test_blockwise_attention_memory_grows_linearly_in_T():
 
 
 # ------------------------------------------------------------------ chunked attention
-
-
-@pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
-@pytest.mark.parametrize("chunk", [4, 5], ids=lambda c: f"chunk{c}")
-def test_chunked_attention_equals_reference(case, chunk, rng):
-  # 13 queries in chunks of 4 (three full, one row left over) or 5 (a ragged last chunk).
-  kw = ATTENTION_CASES[case]
-  S = 17 if "query_offset" in kw else 13
-  q, k, v = _qkv(rng, S=S)
-  if "key_padding_mask_BS" in kw:
-    kw = dict(kw, key_padding_mask_BS=jnp.asarray(kw["key_padding_mask_BS"]))
-  got, want = jax.jit(lambda q, k, v: (_value_and_grads(
-      lambda q, k, v: chunked.chunked_attention(q, k, v, chunk=chunk, **kw), q, k, v),
-      _value_and_grads(lambda q, k, v: attn_ref.dot_product_attention(q, k, v, **kw),
-                       q, k, v)), compiler_options=FAST_COMPILE)(q, k, v)
-  _close(got, want)
 
 
 @pytest.mark.parametrize("causal,window,offset", [
