@@ -8,6 +8,7 @@ PyTorch, Flax and NumPy in test_recurrent.py and test_attention.py. Then the mod
 default paths against their ``impl="reference"`` twins, and a smoke run of the benchmark.
 """
 
+import itertools
 import json
 
 import jax
@@ -208,12 +209,14 @@ ATTENTION_CASES = {
 
 
 # The fast attention paths at sizes that leave ragged pieces: the blockwise kernel in 4x4
-# and 3x5 blocks; the chunked one in chunks of 4 (three full, one row left over) or 5.
+# and 3x5 blocks; the chunked one in chunks of 4 (three full, one row left over) or 5,
+# and in one chunk (the inputs' own layout, no transposes).
 _FAST_ATTENTION = {
     "blockwise_b4x4": lambda **kw: bw.blockwise_attention(**kw, block_q=4, block_k=4),
     "blockwise_b3x5": lambda **kw: bw.blockwise_attention(**kw, block_q=3, block_k=5),
     "chunked_4": lambda **kw: chunked.chunked_attention(**kw, chunk=4),
     "chunked_5": lambda **kw: chunked.chunked_attention(**kw, chunk=5),
+    "chunked_one": lambda **kw: chunked.chunked_attention(**kw, chunk=64),  # one chunk
 }
 
 
@@ -320,12 +323,16 @@ def test_chunked_attention_key_range_is_the_span_of_visible_keys(causal, window,
 def test_chunked_attention_rows_that_see_nothing_are_zero_and_finite(rng):
   q, k, v = _qkv(rng, T=6, S=6)
   kpm = jnp.array([[True] * 6, [False] * 6])  # example 1 may see no key at all
-  for kw in (dict(key_padding_mask_BS=kpm), dict(query_offset=9, local_window=1)):
-    out, grads = jax.jit(lambda q, k, v, kw=kw: _value_and_grads(
-        lambda q, k, v: chunked.chunked_attention(q, k, v, causal=True, chunk=4, **kw),
+  # chunk=None: one chunk of all 6 rows, in the inputs' own layout; 4: two, transposed.
+  for kw, chunk in itertools.product(
+      (dict(key_padding_mask_BS=kpm), dict(query_offset=9, local_window=1)), (4, None)):
+    out, grads = jax.jit(lambda q, k, v, kw=kw, chunk=chunk: _value_and_grads(
+        lambda q, k, v: chunked.chunked_attention(q, k, v, causal=True, chunk=chunk, **kw),
         q, k, v), compiler_options=FAST_COMPILE)(q, k, v)
+    assert out.shape == q.shape
     rows = np.asarray(out[1]) if "key_padding_mask_BS" in kw else np.asarray(out)
-    assert np.all(rows == 0), kw
+    assert np.all(rows == 0), (kw, chunk)
+    assert np.any(np.asarray(out[0]) != 0) or "key_padding_mask_BS" not in kw
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 

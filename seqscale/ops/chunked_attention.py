@@ -18,8 +18,10 @@ causal. That suits short sequences, where the blockwise kernel's loops, block co
 recomputed scores cost more than the matmuls they save: ``ops.attention.choose_impl``
 runs this path for causal attention on the CPU up to ``CHUNKED_UPTO`` positions.
 
-Shapes: B batch, T queries, S keys, H heads, K head dim. q, k and v are transposed once
-to [B, H, T, K], so each chunk's slice is a run of rows per head.
+Shapes: B batch, T queries, S keys, H heads, K head dim. Past one chunk, q, k and v are
+transposed once to [B, H, T, K], so each chunk's slice is a run of rows per head; one
+chunk keeps the inputs' [B, T, H, K] layout, as the reference does (T=64, causal fwd+bwd,
+B=4, H=8, K=64: 1.25 ms against 1.47 transposed, same process, median of 31 rounds).
 """
 
 from __future__ import annotations
@@ -110,16 +112,23 @@ def chunked_attention(
   scale = float(1.0 / np.sqrt(K) if scale is None else scale)
   kpm_B11S = (None if key_padding_mask_BS is None else jnp.broadcast_to(
       jnp.asarray(key_padding_mask_BS, bool), (B, S))[:, None, None, :])
-  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BTHK, k_BSHK, v_BSHK))  # [B, H, *, K]
+  if T <= chunk:  # one chunk: the inputs' own layout, as the reference (no transposes)
+    q, k, v, axis = q_BTHK, k_BSHK, v_BSHK, 1
+    scores, weighted = "BTHK,BSHK->BHTS", "BHTS,BSHK->BTHK"
+  else:  # [B, H, *, K]: each chunk's slice is a run of rows per head
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BTHK, k_BSHK, v_BSHK))
+    axis, scores, weighted = 2, "BHTK,BHSK->BHTS", "BHTS,BHSK->BHTK"
+  rows = lambda x, a, b: jax.lax.slice_in_dim(x, a, b, axis=axis)
   outs = []
   for lo in range(0, T, chunk):
     hi = min(T, lo + chunk)
     k_lo, k_hi = key_range(lo, hi, S, causal=causal, local_window=local_window,
                            query_offset=int(query_offset))
     if k_lo == k_hi:  # no query of the chunk sees a key
-      outs.append(jnp.zeros((B, H, hi - lo, K), jnp.float32))
+      outs.append(jnp.zeros((B, hi - lo, H, K) if axis == 1 else (B, H, hi - lo, K),
+                            jnp.float32))
       continue
-    s = jnp.einsum("BHTK,BHSK->BHTS", q[:, :, lo:hi], k[:, :, k_lo:k_hi],
+    s = jnp.einsum(scores, rows(q, lo, hi), rows(k, k_lo, k_hi),
                    preferred_element_type=jnp.float32) * scale
     t_pos = int(query_offset) + np.arange(lo, hi)[:, None]
     s_pos = np.arange(k_lo, k_hi)[None, :]
@@ -136,7 +145,8 @@ def chunked_attention(
     w = jax.nn.softmax(s, axis=-1)
     if not ok.any(axis=1).all() or kpm_B11S is not None:  # rows that see no key: zeros
       w = jnp.where(allowed, w, 0.0)
-    outs.append(jnp.einsum("BHTS,BHSK->BHTK", w.astype(v.dtype), v[:, :, k_lo:k_hi],
+    outs.append(jnp.einsum(weighted, w.astype(v.dtype), rows(v, k_lo, k_hi),
                            preferred_element_type=jnp.float32))
-  out = jnp.concatenate(outs, axis=2) if len(outs) > 1 else outs[0]
-  return out.transpose(0, 2, 1, 3).astype(q_BTHK.dtype)
+  if axis == 1:
+    return outs[0].astype(q_BTHK.dtype)
+  return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3).astype(q_BTHK.dtype)
