@@ -9,9 +9,10 @@ before torch loads) and `torch.set_num_threads(os.cpu_count())`.
 
 Candidates: `seqscale` (ops.attention.attention, impl="auto": what the models run),
 `blockwise` (the blockwise kernel at its default blocks) where "auto" runs another path at
-that T (the chunked one, at short T), `blockwise_<bq>x<bk>` for `--blocks`, and `xla` (jax.nn.dot_product_attention) and
-`reference` (the einsum reference) up to `--quadratic_upto`. This is how the table in
-ops.blockwise_attention.QUERY_BLOCKS and KEY_BLOCKS and the CPU rows of
+that T (the chunked one, at short T), `blockwise_<bq>x<bk>` for `--blocks`, and `xla`
+(jax.nn.dot_product_attention) and `reference` (the einsum reference) up to
+`--quadratic_upto`. This is how the tables in ops.blockwise_attention (QUERY_BLOCKS,
+KEY_BLOCKS) and ops.chunked_attention (CHUNK_ROWS) and the CPU rows of
 ops.attention.choose_impl were chosen.
 
   python tools/attention_speed.py --lengths=256,512,2048,8192 --out=/tmp/attention_speed.json

@@ -282,7 +282,7 @@ def describe_choice(impl: str = "auto", *, num_queries: int, num_keys: int | Non
             f"{blockwise_attention.default_block(S, blockwise_attention.KEY_BLOCKS)}")
   if chosen == "chunked":
     from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
-    why += f"; chunks of {min(chunked_attention.default_chunk(num_queries), num_queries)} rows"
+    why += f"; chunks of {chunked_attention.default_chunk(num_queries)} rows"
   return f"attention: {chosen} ({why}) [{where}]"
 
 
@@ -308,10 +308,11 @@ def attention(
     impl: "reference" (`dot_product_attention`), "blockwise"
       (`ops.blockwise_attention`: online softmax, memory linear in T, masked blocks
       skipped), "chunked" (`ops.chunked_attention`: query chunks against the keys they
-      may see; `query_offset` a Python int), "xla" or "cudnn" (`jax.nn.dot_product_attention`; cuDNN needs a GPU and
-      float16/bfloat16; a row with every key masked follows jax.nn's convention there, not
-      zeros), "pallas" (jax's Pallas flash attention, TPU only: causal or no mask, T and S
-      multiples of 128), or "auto" (the table of `choose_impl`).
+      may see; `query_offset` a Python int), "xla" or "cudnn"
+      (`jax.nn.dot_product_attention`; cuDNN needs a GPU and float16/bfloat16; a row with
+      every key masked follows jax.nn's convention there, not zeros), "pallas" (jax's
+      Pallas flash attention, TPU only: causal or no mask, T and S multiples of 128), or
+      "auto" (the table of `choose_impl`).
 
   Returns:
     out_BTHK in q's dtype.

@@ -102,7 +102,8 @@ def chunked_attention(
   if not isinstance(query_offset, (int, np.integer)) or isinstance(query_offset, bool):
     raise ValueError(f"query_offset={query_offset!r}: chunked attention needs a Python int "
                      "(its key ranges are fixed when tracing); use impl='blockwise'")
-  check_int("query_offset", int(query_offset), 0)
+  offset = int(query_offset)
+  check_int("query_offset", offset, 0)
   if local_window is not None:
     check_int("local_window", local_window, 0)
   B, T, H, K = q_BTHK.shape
@@ -123,16 +124,18 @@ def chunked_attention(
   for lo in range(0, T, chunk):
     hi = min(T, lo + chunk)
     k_lo, k_hi = key_range(lo, hi, S, causal=causal, local_window=local_window,
-                           query_offset=int(query_offset))
+                           query_offset=offset)
     if k_lo == k_hi:  # no query of the chunk sees a key
       outs.append(jnp.zeros((B, hi - lo, H, K) if axis == 1 else (B, H, hi - lo, K),
                             jnp.float32))
       continue
     s = jnp.einsum(scores, rows(q, lo, hi), rows(k, k_lo, k_hi),
                    preferred_element_type=jnp.float32) * scale
-    t_pos = int(query_offset) + np.arange(lo, hi)[:, None]
+    # The chunk's mask, as make_attention_mask's but in NumPy: known when tracing, so the
+    # masking below is left out where every pair is visible.
+    t_pos = offset + np.arange(lo, hi)[:, None]
     s_pos = np.arange(k_lo, k_hi)[None, :]
-    ok = np.ones((hi - lo, k_hi - k_lo), bool)  # fixed when tracing: a constant
+    ok = np.ones((hi - lo, k_hi - k_lo), bool)
     if causal:
       ok &= s_pos <= t_pos
     if local_window is not None:
