@@ -217,10 +217,11 @@ def _choice(backend, T=256, S=None, K=64, dtype=jnp.float32, **kw):
 @pytest.mark.parametrize("backend,kw,want", [
     ("cpu", {}, "blockwise"),
     ("cpu", {"causal": True}, "chunked"),  # T=256
-    ("cpu", {"T": 512, "causal": True}, "blockwise"),
+    ("cpu", {"T": 512, "causal": True}, "flash_cpu"),  # the C++ kernel, where it builds
     ("cpu", {"causal": True, "offset_zero": False}, "blockwise"),
     ("cpu", {"causal": True, "dtype": jnp.bfloat16}, "blockwise"),
-    ("cpu", {"T": 8192, "causal": True}, "blockwise"),
+    ("cpu", {"T": 8192, "causal": True}, "flash_cpu"),
+    ("cpu", {"T": 8192, "causal": True, "dtype": jnp.bfloat16}, "blockwise"),
     ("gpu", {"dtype": jnp.bfloat16, "causal": True}, "cudnn"),
     ("gpu", {"dtype": jnp.float16, "local_window": 4, "causal": True}, "cudnn"),
     ("gpu", {"dtype": jnp.float32}, "xla"),  # cuDNN's flash attention: half precision only
@@ -259,8 +260,10 @@ def test_choice_whole_weights_and_dropout(backend, monkeypatch):
 
 def test_describe_names_what_runs_here():
   line = A.describe_choice(num_queries=512, head_dim=64, batch_heads=32, causal=True)
-  assert line.startswith("attention: blockwise (CPU: fastest measured; blocks 128x128)")
+  assert line.startswith("attention: flash_cpu (CPU: the C++ kernel"), line
   assert "backend=cpu, dtype=float32, T=512, S=512, K=64, causal=True" in line
+  line = A.describe_choice(num_queries=512, head_dim=64, batch_heads=32)
+  assert line.startswith("attention: blockwise (CPU: fastest measured; blocks 128x128)")
   mha = MultiHeadAttention(16, 2, dtype=jnp.bfloat16, dropout_rate=0.1, rngs=nnx.Rngs(0))
   assert mha.describe(64).startswith("attention: reference (dropout")
   # Causal, T=64, but bfloat16: the blockwise kernel (chunked is for float32).
@@ -292,7 +295,9 @@ def test_every_impl_that_runs_here_equals_jax_nn(case):
                                     argnums=(0, 1, 2))(q, k, v)
   want = vg(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla",
                                                          **ref_kw))
-  impls = [i for i in A.IMPLS if i not in ("cudnn", "pallas")]  # GPU and TPU only
+  # Not here: cudnn and pallas (GPU and TPU only), and flash_cpu (causal self-attention
+  # with K a multiple of 16; test_native_attention checks it against jax.nn and SDPA).
+  impls = [i for i in A.IMPLS if i not in ("cudnn", "pallas", "flash_cpu")]
   assert impls == ["auto", "blockwise", "chunked", "reference", "xla"]
   for impl in impls:
     got = jax.jit(lambda q, k, v: vg(lambda q, k, v: A.attention(q, k, v, impl=impl,

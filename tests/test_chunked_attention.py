@@ -88,7 +88,7 @@ def test_chunked_attention_default_chunks():
   # What "auto" runs on the CPU: chunked for short causal attention at offset 0 only.
   choose = lambda **kw: attn_ref.choose_impl("auto", backend="cpu", batch_heads=32, **kw)
   assert choose(num_queries=chunked.CHUNKED_UPTO, causal=True) == "chunked"
-  assert choose(num_queries=chunked.CHUNKED_UPTO + 1, causal=True) == "blockwise"
+  assert choose(num_queries=chunked.CHUNKED_UPTO + 1, causal=True) == "flash_cpu"
   assert choose(num_queries=64, causal=True, offset_zero=False) == "blockwise"
   assert choose(num_queries=64) == "blockwise"  # not causal: no keys to leave out
 

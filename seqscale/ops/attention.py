@@ -28,7 +28,7 @@ Array = jax.Array
 # masked row, so neither the softmax nor its gradient can produce NaN.
 MASKED_SCORE = -0.7 * float(np.finfo(np.float32).max)
 # The implementations `attention` dispatches between (the same function each time).
-IMPLS = ("auto", "blockwise", "chunked", "reference", "xla", "cudnn", "pallas")
+IMPLS = ("auto", "blockwise", "chunked", "flash_cpu", "reference", "xla", "cudnn", "pallas")
 
 
 def make_attention_mask(
@@ -206,11 +206,20 @@ def _choose(impl: str, *, num_queries: int, num_keys: int, head_dim: int, batch_
   # 9 to 12 ms against 17 to 19; in bfloat16 they took 22 ms against 12.5, the backward's
   # elementwise work in bfloat16); past it the blockwise kernel was the fastest JAX path:
   # XLA's and the einsum reference took 1.6 to 3.5 times as long at T=512 and form the
-  # [T, S] scores, and at T=8192 only the blockwise kernel fits.
+  # [T, S] scores, and at T=8192 only the blockwise kernel fits. Past CHUNKED_UPTO, causal
+  # float32 self-attention runs the C++ kernel of ops.native_attention where it builds:
+  # 0.6 to 0.9 of SDPA's time at T=512 to 2048, where the blockwise kernel took 1.4 to 1.8.
   from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
   if (causal and offset_zero and fits and jnp.dtype(dtype) == jnp.float32
       and T <= chunked_attention.CHUNKED_UPTO):
     return "chunked", "CPU: fastest measured at short causal T in float32"
+  if backend == "cpu":
+    from seqscale.ops import native_attention  # pylint: disable=g-import-not-at-top
+    if (native_attention.supports(
+        head_dim=K, dtype=dtype, causal=causal, self_attention=T == S,
+        key_padding=key_padding, local_window=local_window, offset_zero=offset_zero) is None
+        and native_attention.available()):
+      return "flash_cpu", "CPU: the C++ kernel, fastest measured for long causal T"
   return "blockwise", "CPU: fastest measured"
 
 
@@ -245,8 +254,11 @@ def choose_impl(impl: str, *, num_queries: int, num_keys: int | None = None,
                              window or offset, T and S multiples of 128; else "xla"
                              where it fits, else "blockwise"
     CPU                      "chunked" for float32 causal attention up to CHUNKED_UPTO
-                             positions (query offset 0), else "blockwise": the fastest
-                             JAX paths measured, T = 64 to 8192
+                             positions (query offset 0); past it "flash_cpu" (the C++
+                             kernel of ops.native_attention) for float32 causal
+                             self-attention without padding or window, K a multiple of 16
+                             up to 128, where the kernel builds; else "blockwise": the
+                             fastest paths measured, T = 64 to 8192
   """
   backend = jax.default_backend() if backend is None else backend
   S = num_queries if num_keys is None else num_keys
@@ -308,7 +320,8 @@ def attention(
     impl: "reference" (`dot_product_attention`), "blockwise"
       (`ops.blockwise_attention`: online softmax, memory linear in T, masked blocks
       skipped), "chunked" (`ops.chunked_attention`: query chunks against the keys they
-      may see; `query_offset` a Python int), "xla" or "cudnn"
+      may see; `query_offset` a Python int), "flash_cpu" (`ops.native_attention`: a C++
+      kernel, CPU, float32 causal self-attention only), "xla" or "cudnn"
       (`jax.nn.dot_product_attention`; cuDNN needs a GPU and float16/bfloat16; a row with
       every key masked follows jax.nn's convention there, not zeros), "pallas" (jax's
       Pallas flash attention, TPU only: causal or no mask, T and S multiples of 128), or
@@ -327,7 +340,7 @@ def attention(
             local_window=local_window, query_offset=query_offset, scale=scale)
   if impl == "reference":
     return dot_product_attention(q_BTHK, k_BSHK, v_BSHK, mask=mask, dropout_fn=dropout_fn, **kw)
-  if mask is not None and impl in ("blockwise", "chunked", "pallas"):
+  if mask is not None and impl in ("blockwise", "chunked", "flash_cpu", "pallas"):
     raise ValueError(f"impl={impl!r} takes no `mask` (it needs the whole [T, S] weights); "
                      "use impl='reference' or 'auto'")
   if dropout_fn is not None:
@@ -340,6 +353,12 @@ def attention(
   if impl == "chunked":
     from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
     return chunked_attention.chunked_attention(q_BTHK, k_BSHK, v_BSHK, **kw)
+  if impl == "flash_cpu":
+    from seqscale.ops import native_attention  # pylint: disable=g-import-not-at-top
+    if not causal or not at_zero or key_padding_mask_BS is not None or local_window is not None:
+      raise ValueError("impl='flash_cpu' is causal self-attention at query offset 0 without "
+                       "key padding or window; use impl='auto'")
+    return native_attention.flash_attention(q_BTHK, k_BSHK, v_BSHK, scale=scale)
   if impl == "pallas":
     return _pallas_attention(q_BTHK, k_BSHK, v_BSHK, causal=causal, scale=scale,
                              plain=at_zero and key_padding_mask_BS is None

@@ -49,6 +49,7 @@ from jax.extend import core as jex_core
 from jax.interpreters import ad, batching, mlir
 
 from seqscale.checks import check_int
+from seqscale.ops import native_attention
 from seqscale.ops.attention import MASKED_SCORE
 # The dispatcher lives in ops.attention; these names stay importable from here.
 from seqscale.ops.attention import IMPLS, attention  # noqa: F401  pylint: disable=unused-import
@@ -293,7 +294,7 @@ def _tangent(geo: _Geometry, scale, q_b, k_b, v_b, kpm, out_b, lse_b, dq_b, dk_b
 
 
 def _prepare(q, k, v, kpm_BS, offset, cfg):
-  causal, window, _, bq, bk, padded = cfg
+  causal, window, _, bq, bk, padded, _ = cfg
   geo = _Geometry(q.shape[1], k.shape[1], bq, bk, causal, window, offset, padded)
   kpm = None
   if padded:
@@ -303,12 +304,16 @@ def _prepare(q, k, v, kpm_BS, offset, cfg):
 
 
 def _attention_out_lse(cfg, q, k, v, kpm_BS, offset):
+  if cfg[6]:  # the C++ kernel (causal, offset 0, no padding)
+    return _native(cfg, "forward")(q, k, v)
   geo, q_b, k_b, v_b, kpm = _prepare(q, k, v, kpm_BS, offset, cfg)
   out_b, lse_b = _forward(geo, cfg[2], q_b, k_b, v_b, kpm)
   return _from_blocks(out_b, q.shape[1]).astype(q.dtype), _lse_from_blocks(lse_b, q.shape[1])
 
 
-# cfg = (causal, window, scale, block_q, block_k, padded): static. kpm_BS is bool [B, S]
+# cfg = (causal, window, scale, block_q, block_k, padded, native): static; native runs
+# the forward and reverse passes in ops.native_attention's C++ kernel (forward mode stays
+# the JAX tangent below). kpm_BS is bool [B, S]
 # (all True when not padded), offset an int32 scalar; neither is differentiated.
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _attention(cfg, q, k, v, kpm_BS, offset):
@@ -342,13 +347,60 @@ def _tangent_transpose(ct, q, k, v, kpm_BS, offset, out, lse, dq, dk, dv, *, cfg
   res = [None] * _NUM_RES
   if type(ct) is ad.Zero:  # pylint: disable=unidiomatic-typecheck
     return res + [None, None, None]
+  if cfg[6]:
+    return res + list(_native(cfg, "backward")(q, k, v, out, lse, ct))
+  return res + list(_grads(cfg, q, k, v, kpm_BS, offset, out, lse, ct))
+
+
+def _grads(cfg, q, k, v, kpm_BS, offset, out, lse, ct):
+  """dq, dk, dv for the cotangent ct of out (the reverse pass in blocks)."""
   geo, q_b, k_b, v_b, kpm = _prepare(q, k, v, kpm_BS, offset, cfg)
   bq = cfg[3]
   dq_b, dk_b, dv_b = _backward(geo, cfg[2], q_b, k_b, v_b, kpm, _to_blocks(out, bq),
                                _lse_blocks(lse, bq), _to_blocks(ct.astype(q.dtype), bq))
-  return res + [_from_blocks(dq_b, q.shape[1]).astype(q.dtype),
-                _from_blocks(dk_b, k.shape[1]).astype(k.dtype),
-                _from_blocks(dv_b, v.shape[1]).astype(v.dtype)]
+  return (_from_blocks(dq_b, q.shape[1]).astype(q.dtype),
+          _from_blocks(dk_b, k.shape[1]).astype(k.dtype),
+          _from_blocks(dv_b, v.shape[1]).astype(v.dtype))
+
+
+@functools.cache
+def _native(cfg, which):
+  """The C++ kernel's forward ((q, k, v) -> (out, lse)) or reverse pass ((q, k, v, out,
+  lse, ct) -> (dq, dk, dv)) for causal self-attention at offset 0. T is padded to the
+  kernel's alignment; padded keys follow every real query, so causality hides them.
+
+  The kernel has no derivatives of its own: where a pass is itself differentiated
+  (forward mode of a gradient, e.g. a Hessian-vector product), the derivative is that of
+  the same pass in JAX (``_attention_out_lse``, ``_grads``) at the same inputs.
+  """
+  jax_cfg = cfg[:6] + (False,)
+  no_padding = lambda q: (jnp.ones(q.shape[:2], bool), jnp.asarray(0, jnp.int32))
+
+  def forward(q, k, v):
+    T = q.shape[1]
+    Tp = native_attention.padded_length(T)
+    out, lse = native_attention.forward(*(_pad_time(x, Tp) for x in (q, k, v)), cfg[2])
+    return out[:, :T], lse[..., :T]
+
+  def backward(q, k, v, out, lse, ct):
+    T = q.shape[1]
+    Tp = native_attention.padded_length(T)
+    # Padded query rows: lse = inf makes their weights 0, and their cotangent is 0.
+    lse_p = jnp.pad(lse, ((0, 0), (0, 0), (0, Tp - T)), constant_values=jnp.inf)
+    grads = native_attention.backward(
+        *(_pad_time(x.astype(jnp.float32), Tp) for x in (q, k, v, out)), lse_p,
+        _pad_time(ct.astype(jnp.float32), Tp), cfg[2])
+    return tuple(g[:, :T] for g in grads)
+
+  if which == "forward":
+    fn = jax.custom_jvp(forward)
+    in_jax = lambda q, k, v: _attention_out_lse(jax_cfg, q, k, v, *no_padding(q))
+  else:
+    fn = jax.custom_jvp(backward)
+    in_jax = lambda q, k, v, out, lse, ct: _grads(jax_cfg, q, k, v, *no_padding(q), out,
+                                                  lse, ct)
+  fn.defjvp(lambda primals, tangents: jax.jvp(in_jax, primals, tangents))
+  return fn
 
 
 def _tangent_jvp(primals, tangents, *, cfg):
@@ -425,5 +477,25 @@ def blockwise_attention(
   kpm = (jnp.broadcast_to(jnp.asarray(key_padding_mask_BS, bool), (B, S)) if padded
          else jnp.ones((B, S), bool))
   offset = jnp.asarray(query_offset, jnp.int32)
-  cfg = (bool(causal), local_window, scale, block_q, block_k, padded)
+  cfg = (bool(causal), local_window, scale, block_q, block_k, padded, False)
   return _attention(cfg, q_BTHK, k_BSHK, v_BSHK, kpm, offset)
+
+
+def native_causal(q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, *,
+                  scale: float | None = None) -> Array:
+  """Causal float32 self-attention with the forward and reverse passes in the C++ kernel
+  of ``ops.native_attention`` (call it through ``native_attention.flash_attention``, which
+  checks the inputs and the kernel's availability); forward mode is this module's."""
+  B, T, _, K = q_BTHK.shape
+  scale = float(1.0 / np.sqrt(K) if scale is None else scale)
+  cfg = (True, None, scale, min(default_block(T), T), min(default_block(T, KEY_BLOCKS), T),
+         False, True)
+  return _attention(cfg, q_BTHK, k_BSHK, v_BSHK, jnp.ones((B, T), bool),
+                    jnp.asarray(0, jnp.int32))
+
+
+def _pad_time(x: Array, T: int) -> Array:
+  """[B, t, ...] zero-padded to [B, T, ...]."""
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (0, T - x.shape[1])
+  return jnp.pad(x, pad) if T != x.shape[1] else x
