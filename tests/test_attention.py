@@ -216,7 +216,9 @@ def _choice(backend, T=256, S=None, K=64, dtype=jnp.float32, **kw):
 
 @pytest.mark.parametrize("backend,kw,want", [
     ("cpu", {}, "blockwise"),
-    ("cpu", {"causal": True}, "chunked"),  # T=256
+    ("cpu", {"causal": True}, "flash_cpu"),  # T=256: the C++ kernel, where it builds
+    ("cpu", {"T": 100, "causal": True}, "chunked"),
+    ("cpu", {"causal": True, "local_window": 8}, "chunked"),
     ("cpu", {"T": 512, "causal": True}, "flash_cpu"),  # the C++ kernel, where it builds
     ("cpu", {"causal": True, "offset_zero": False}, "blockwise"),
     ("cpu", {"causal": True, "dtype": jnp.bfloat16}, "blockwise"),
@@ -268,7 +270,7 @@ def test_describe_names_what_runs_here():
   assert mha.describe(64).startswith("attention: reference (dropout")
   # Causal, T=64, but bfloat16: the blockwise kernel (chunked is for float32).
   assert mha.describe(64, training=False).startswith("attention: blockwise")
-  line = A.describe_choice(num_queries=256, batch_heads=32, causal=True)
+  line = A.describe_choice(num_queries=256, batch_heads=32, causal=True, local_window=8)
   assert line.startswith("attention: chunked (CPU: fastest measured at short causal T in float32; "
                          "chunks of 40 rows)"), line
   assert "dtype=bfloat16, T=64, S=64, K=8" in mha.describe(64)

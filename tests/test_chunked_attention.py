@@ -14,6 +14,7 @@ import pytest
 
 from seqscale.ops import attention as attn_ref
 from seqscale.ops import chunked_attention as chunked
+from seqscale.ops import native_attention as native
 from tests.conftest import FAST_COMPILE
 from tests.test_fast_paths import _bf16, _bf16_errors, _close, _f32, _qkv, _value_and_grads
 
@@ -87,8 +88,11 @@ def test_chunked_attention_default_chunks():
   assert chunked.default_chunk(129) == chunked.default_chunk(256) == 40
   # What "auto" runs on the CPU: chunked for short causal attention at offset 0 only.
   choose = lambda **kw: attn_ref.choose_impl("auto", backend="cpu", batch_heads=32, **kw)
-  assert choose(num_queries=chunked.CHUNKED_UPTO, causal=True) == "chunked"
-  assert choose(num_queries=chunked.CHUNKED_UPTO + 1, causal=True) == "flash_cpu"
+  assert choose(num_queries=native.NATIVE_FROM - 1, causal=True) == "chunked"
+  assert choose(num_queries=native.NATIVE_FROM, causal=True) == "flash_cpu"
+  assert choose(num_queries=chunked.CHUNKED_UPTO, causal=True, local_window=8) == "chunked"
+  assert choose(num_queries=chunked.CHUNKED_UPTO + 1, causal=True,
+                local_window=8) == "blockwise"
   assert choose(num_queries=64, causal=True, offset_zero=False) == "blockwise"
   assert choose(num_queries=64) == "blockwise"  # not causal: no keys to leave out
 

@@ -89,7 +89,8 @@ def test_cpu_runs_flash_cpu_past_the_chunked_path(monkeypatch):
                  **kw})
   assert choose() == "flash_cpu"
   assert choose(num_queries=8192) == "flash_cpu"
-  assert choose(num_queries=256) == "chunked"
+  assert choose(num_queries=256) == "flash_cpu"
+  assert choose(num_queries=native.NATIVE_FROM - 1) == "chunked"
   # Cases the kernel does not take run the blockwise kernel.
   assert choose(dtype=jnp.bfloat16) == "blockwise"
   assert choose(head_dim=24) == "blockwise"

@@ -206,20 +206,22 @@ def _choose(impl: str, *, num_queries: int, num_keys: int, head_dim: int, batch_
   # 9 to 12 ms against 17 to 19; in bfloat16 they took 22 ms against 12.5, the backward's
   # elementwise work in bfloat16); past it the blockwise kernel was the fastest JAX path:
   # XLA's and the einsum reference took 1.6 to 3.5 times as long at T=512 and form the
-  # [T, S] scores, and at T=8192 only the blockwise kernel fits. Past CHUNKED_UPTO, causal
-  # float32 self-attention runs the C++ kernel of ops.native_attention where it builds:
-  # 0.6 to 0.9 of SDPA's time at T=512 to 2048, where the blockwise kernel took 1.4 to 1.8.
+  # [T, S] scores, and at T=8192 only the blockwise kernel fits. From NATIVE_FROM
+  # positions, causal float32 self-attention runs the C++ kernel of ops.native_attention
+  # where it builds: 0.75 to 0.9 of SDPA's time at T=128 to 8192, where the chunked path
+  # took 0.9 to 1.2 (T=128 to 256) and the blockwise kernel 1.5 to 1.8. Below it, the
+  # padding to 64 rows and the calls cost more (T=96: 4.6 ms against chunked's 3.6).
   from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
+  from seqscale.ops import native_attention  # pylint: disable=g-import-not-at-top
+  if (backend == "cpu" and T >= native_attention.NATIVE_FROM
+      and native_attention.supports(
+          head_dim=K, dtype=dtype, causal=causal, self_attention=T == S,
+          key_padding=key_padding, local_window=local_window, offset_zero=offset_zero) is None
+      and native_attention.available()):
+    return "flash_cpu", "CPU: the C++ kernel, fastest measured for causal T >= 128"
   if (causal and offset_zero and fits and jnp.dtype(dtype) == jnp.float32
       and T <= chunked_attention.CHUNKED_UPTO):
     return "chunked", "CPU: fastest measured at short causal T in float32"
-  if backend == "cpu":
-    from seqscale.ops import native_attention  # pylint: disable=g-import-not-at-top
-    if (native_attention.supports(
-        head_dim=K, dtype=dtype, causal=causal, self_attention=T == S,
-        key_padding=key_padding, local_window=local_window, offset_zero=offset_zero) is None
-        and native_attention.available()):
-      return "flash_cpu", "CPU: the C++ kernel, fastest measured for long causal T"
   return "blockwise", "CPU: fastest measured"
 
 
@@ -253,12 +255,12 @@ def choose_impl(impl: str, *, num_queries: int, num_keys: int | None = None,
     TPU                      "pallas" (jax's Pallas flash attention) without padding,
                              window or offset, T and S multiples of 128; else "xla"
                              where it fits, else "blockwise"
-    CPU                      "chunked" for float32 causal attention up to CHUNKED_UPTO
-                             positions (query offset 0); past it "flash_cpu" (the C++
-                             kernel of ops.native_attention) for float32 causal
-                             self-attention without padding or window, K a multiple of 16
-                             up to 128, where the kernel builds; else "blockwise": the
-                             fastest paths measured, T = 64 to 8192
+    CPU                      "flash_cpu" (the C++ kernel of ops.native_attention) for
+                             float32 causal self-attention from NATIVE_FROM positions,
+                             no padding or window, K a multiple of 16 up to 128, where
+                             the kernel builds; else "chunked" for float32 causal
+                             attention up to CHUNKED_UPTO positions (query offset 0);
+                             else "blockwise": the fastest paths measured, T = 64 to 8192
   """
   backend = jax.default_backend() if backend is None else backend
   S = num_queries if num_keys is None else num_keys

@@ -16,7 +16,10 @@ differentiates the few einsums directly (reverse and forward mode alike), and th
 it keeps for the backward pass take about half of one [B, H, T, S] float32 array when
 causal. That suits short sequences, where the blockwise kernel's loops, block copies and
 recomputed scores cost more than the matmuls they save: ``ops.attention.choose_impl``
-runs this path for float32 causal attention on the CPU up to ``CHUNKED_UPTO`` positions.
+runs this path for float32 causal attention on the CPU up to ``CHUNKED_UPTO`` positions
+where the C++ kernel (``ops.native_attention``) does not run: below its ``NATIVE_FROM``
+positions, or where it does not build or take the inputs (a window, key padding, an
+offset).
 
 Shapes: B batch, T queries, S keys, H heads, K head dim. Past one chunk, q, k and v are
 transposed once to [B, H, T, K], so each chunk's slice is a run of rows per head; one

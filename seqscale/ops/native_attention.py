@@ -15,9 +15,9 @@ The math and the differentiation are those of ``ops.blockwise_attention``: its c
 forward and reverse passes, and the blockwise tangent in JAX for forward mode.
 
 Scope: causal self-attention (T == S, query offset 0), float32, K a multiple of 16 up to
-128, no key padding or window; T is padded to a multiple of 128 (the padded keys are after
+128, no key padding or window; T is padded to a multiple of 64 (the padded keys are after
 every real query, so causality hides them). ``ops.attention.choose_impl`` picks it on the
-CPU past ``chunked_attention.CHUNKED_UPTO`` positions where ``available()``.
+CPU from ``NATIVE_FROM`` positions where ``available()``.
 
 Build: the machine's C++ compiler (``$CXX``, else ``c++``) with ``-O3 -march=native``, once
 per source, compiler and CPU, into ``$SEQSCALE_CACHE`` (default ``~/.cache/seqscale``);
@@ -46,7 +46,11 @@ import numpy as np
 Array = jax.Array
 
 SOURCE = pathlib.Path(__file__).parent / "native" / "flash_attention.cc"
-ALIGN = 128  # T is padded to a multiple of this (kAlign in the source)
+ALIGN = 64  # T is padded to a multiple of this (kAlign in the source)
+# "auto" runs the kernel from this many positions (tools/attention_speed.py, B=4, H=8,
+# K=64, causal fwd+bwd against SDPA: T=128 3.6 to 3.9 ms against the chunked path's 4.3 to
+# 5.4; T=96, padded to 128, 4.2 to 4.6 against 3.6 to 3.8).
+NATIVE_FROM = 128
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _FORWARD, _BACKWARD = "seqscale_flash_forward", "seqscale_flash_backward"
 
