@@ -12,8 +12,9 @@ Candidates: `seqscale` (ops.attention.attention, impl="auto": what the models ru
 that T (the chunked one, at short T), `blockwise_<bq>x<bk>` for `--blocks`, and `xla`
 (jax.nn.dot_product_attention) and `reference` (the einsum reference) up to
 `--quadratic_upto`. This is how the tables in ops.blockwise_attention (QUERY_BLOCKS,
-KEY_BLOCKS) and ops.chunked_attention (CHUNK_ROWS) and the CPU rows of
-ops.attention.choose_impl were chosen.
+KEY_BLOCKS), ops.chunked_attention (CHUNK_ROWS), the C++ kernel's block sizes
+(ops/native/flash_attention.cc) and the CPU rows of ops.attention.choose_impl (with
+ops.native_attention.NATIVE_FROM) were chosen.
 
   python tools/attention_speed.py --lengths=256,512,2048,8192 --out=/tmp/attention_speed.json
   python tools/attention_speed.py --lengths=2048 --blocks=64x64,128x128,256x256

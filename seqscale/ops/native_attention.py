@@ -25,6 +25,10 @@ the library is written under a temporary name and renamed, so concurrent first u
 workers, hosts sharing a home) never load a half-written file. Without a compiler, or with
 ``SEQSCALE_NATIVE=0``, ``available()`` is False, ``unavailable_reason()`` says why, and
 "auto" runs the blockwise kernel.
+
+Memory: linear in T, as the blockwise kernel's. Besides its outputs, the kernel keeps per
+thread the packed operands of one head (``scratch_bytes``), outside XLA's buffers and so
+outside ``compiled.memory_analysis()``. Under ``jax.vmap`` each slice is one call.
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ Array = jax.Array
 
 SOURCE = pathlib.Path(__file__).parent / "native" / "flash_attention.cc"
 ALIGN = 64  # T is padded to a multiple of this (kAlign in the source)
-# "auto" runs the kernel from this many positions (tools/attention_speed.py, B=4, H=8,
-# K=64, causal fwd+bwd against SDPA: T=128 3.6 to 3.9 ms against the chunked path's 4.3 to
-# 5.4; T=96, padded to 128, 4.2 to 4.6 against 3.6 to 3.8).
+# "auto" runs the kernel from this many positions (same-process timings alternating with
+# the chunked path and SDPA, B=4, H=8, K=64, causal fwd+bwd, medians of 15 rounds: T=128
+# 3.6 to 3.9 ms against the chunked path's 4.3 to 5.4; T=96, padded to 128, 4.2 to 4.6
+# against 3.6 to 3.8).
 NATIVE_FROM = 128
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _FORWARD, _BACKWARD = "seqscale_flash_forward", "seqscale_flash_backward"
@@ -186,6 +191,8 @@ def flash_attention(q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, *,
   why = supports(head_dim=q_BTHK.shape[-1], dtype=q_BTHK.dtype, causal=True,
                  self_attention=True, key_padding=False, local_window=None,
                  offset_zero=True)
+  if why is None and jax.default_backend() != "cpu":
+    why = f"the kernel runs on the CPU backend, not {jax.default_backend()}"
   if why is None and not available():
     why = f"the C++ kernel is not available: {unavailable_reason()}"
   if why is not None:
@@ -195,3 +202,13 @@ def flash_attention(q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, *,
 
 def padded_length(T: int) -> int:
   return -(-T // ALIGN) * ALIGN
+
+
+def scratch_bytes(T: int, K: int, threads: int | None = None) -> int:
+  """Memory the kernel holds outside XLA's buffers (so outside ``compiled.
+  memory_analysis()``): per thread, the packed operands of one head (forward: k and v, 2 T
+  K floats; reverse: q, do, k twice over and dq, 6 T K) and fixed block buffers, kept
+  between calls; ``threads`` defaults to the CPU count (XLA's intra-op pool)."""
+  threads = (os.cpu_count() or 1) if threads is None else threads
+  fixed = 4 * (64 * 128 * 2 + 64 * 2 + 128 * 128 * 2 + 128 * 128 * 2 + 128 * 64)
+  return threads * (4 * 8 * padded_length(T) * K + fixed)
