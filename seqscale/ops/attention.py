@@ -208,8 +208,8 @@ def _choose(impl: str, *, num_queries: int, num_keys: int, head_dim: int, batch_
   # XLA's and the einsum reference took 1.6 to 3.5 times as long at T=512 and form the
   # [T, S] scores, and at T=8192 only the blockwise kernel fits. From NATIVE_FROM
   # positions, causal float32 self-attention runs the C++ kernel of ops.native_attention
-  # where it builds: 0.75 to 0.9 of SDPA's time at T=128 to 8192, where the chunked path
-  # took 0.9 to 1.2 (T=128 to 256) and the blockwise kernel 1.5 to 1.8. Below it, the
+  # where it builds: 0.55 to 0.98 of SDPA's time at T=128 to 8192, where the chunked path
+  # took 0.9 to 1.2 (T=128 to 256) and the blockwise kernel 1.4 to 1.8. Below it, the
   # padding to 64 rows and the calls cost more (T=96: 4.6 ms against chunked's 3.6).
   from seqscale.ops import chunked_attention  # pylint: disable=g-import-not-at-top
   from seqscale.ops import native_attention  # pylint: disable=g-import-not-at-top

@@ -53,7 +53,7 @@ SOURCE = pathlib.Path(__file__).parent / "native" / "flash_attention.cc"
 ALIGN = 64  # T is padded to a multiple of this (kAlign in the source)
 # "auto" runs the kernel from this many positions (same-process timings alternating with
 # the chunked path and SDPA, B=4, H=8, K=64, causal fwd+bwd, medians of 15 rounds: T=128
-# 3.6 to 3.9 ms against the chunked path's 4.3 to 5.4; T=96, padded to 128, 4.2 to 4.6
+# 3.6 to 4.3 ms against the chunked path's 4.3 to 5.4; T=96, padded to 128, 4.2 to 4.6
 # against 3.6 to 3.8).
 NATIVE_FROM = 128
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
