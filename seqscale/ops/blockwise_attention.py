@@ -366,8 +366,7 @@ def _grads(cfg, q, k, v, kpm_BS, offset, out, lse, ct):
 @functools.cache
 def _native(cfg, which):
   """The C++ kernel's forward ((q, k, v) -> (out, lse)) or reverse pass ((q, k, v, out,
-  lse, ct) -> (dq, dk, dv)) for causal self-attention at offset 0. T is padded to the
-  kernel's alignment; padded keys follow every real query, so causality hides them.
+  lse, ct) -> (dq, dk, dv)) for causal self-attention at offset 0.
 
   The kernel has no derivatives of its own: where a pass is itself differentiated
   (forward mode of a gradient, e.g. a Hessian-vector product), the derivative is that of
@@ -375,28 +374,12 @@ def _native(cfg, which):
   """
   jax_cfg = cfg[:6] + (False,)
   no_padding = lambda q: (jnp.ones(q.shape[:2], bool), jnp.asarray(0, jnp.int32))
-
-  def forward(q, k, v):
-    T = q.shape[1]
-    Tp = native_attention.padded_length(T)
-    out, lse = native_attention.forward(*(_pad_time(x, Tp) for x in (q, k, v)), cfg[2])
-    return out[:, :T], lse[..., :T]
-
-  def backward(q, k, v, out, lse, ct):
-    T = q.shape[1]
-    Tp = native_attention.padded_length(T)
-    # Padded query rows: lse = inf makes their weights 0, and their cotangent is 0.
-    lse_p = jnp.pad(lse, ((0, 0), (0, 0), (0, Tp - T)), constant_values=jnp.inf)
-    grads = native_attention.backward(
-        *(_pad_time(x.astype(jnp.float32), Tp) for x in (q, k, v, out)), lse_p,
-        _pad_time(ct.astype(jnp.float32), Tp), cfg[2])
-    return tuple(g[:, :T] for g in grads)
-
   if which == "forward":
-    fn = jax.custom_jvp(forward)
+    fn = jax.custom_jvp(lambda q, k, v: native_attention.forward(q, k, v, cfg[2]))
     in_jax = lambda q, k, v: _attention_out_lse(jax_cfg, q, k, v, *no_padding(q))
   else:
-    fn = jax.custom_jvp(backward)
+    fn = jax.custom_jvp(lambda q, k, v, out, lse, ct: native_attention.backward(
+        q, k, v, out, lse, ct, cfg[2]))
     in_jax = lambda q, k, v, out, lse, ct: _grads(jax_cfg, q, k, v, *no_padding(q), out,
                                                   lse, ct)
   fn.defjvp(lambda primals, tangents: jax.jvp(in_jax, primals, tangents))
@@ -492,10 +475,3 @@ def native_causal(q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, *,
          False, True)
   return _attention(cfg, q_BTHK, k_BSHK, v_BSHK, jnp.ones((B, T), bool),
                     jnp.asarray(0, jnp.int32))
-
-
-def _pad_time(x: Array, T: int) -> Array:
-  """[B, t, ...] zero-padded to [B, T, ...]."""
-  pad = [(0, 0)] * x.ndim
-  pad[1] = (0, T - x.shape[1])
-  return jnp.pad(x, pad) if T != x.shape[1] else x

@@ -157,23 +157,38 @@ def supports(*, head_dim: int, dtype, causal: bool, self_attention: bool,
   return None
 
 
+def _pad_time(x: Array, T: int) -> Array:
+  """[B, t, ...] zero-padded to [B, T, ...]."""
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (0, T - x.shape[1])
+  return jnp.pad(x, pad) if T != x.shape[1] else x
+
+
 def forward(q: Array, k: Array, v: Array, scale: float) -> tuple[Array, Array]:
-  """out [B, T, H, K] and lse [B, H, T] for causal attention; T a multiple of ALIGN. The
-  calls run where ``available()``."""
+  """out [B, T, H, K] and lse [B, H, T] of causal attention. T is padded to a multiple of
+  ALIGN for the call: the padded keys follow every real query, so causality hides them.
+  The calls run where ``available()``."""
   B, T, H, _ = q.shape
-  out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
-  lse = jax.ShapeDtypeStruct((B, H, T), jnp.float32)
+  Tp = padded_length(T)
+  out = jax.ShapeDtypeStruct((B, Tp, H, q.shape[-1]), jnp.float32)
+  lse = jax.ShapeDtypeStruct((B, H, Tp), jnp.float32)
   call = jax.ffi.ffi_call(_FORWARD, (out, lse), vmap_method="sequential")
-  return call(q, k, v, scale=np.float32(scale))
+  out, lse = call(*(_pad_time(x, Tp) for x in (q, k, v)), scale=np.float32(scale))
+  return out[:, :T], lse[..., :T]
 
 
 def backward(q: Array, k: Array, v: Array, out: Array, lse: Array, dout: Array,
              scale: float) -> tuple[Array, Array, Array]:
   """dq, dk, dv for the cotangent dout of ``forward``'s out."""
+  T = q.shape[1]
+  Tp = padded_length(T)
+  q, k, v, out, dout = (_pad_time(x.astype(jnp.float32), Tp) for x in (q, k, v, out, dout))
+  # Padded query rows: lse = inf makes their weights 0, and their cotangent is 0.
+  lse = jnp.pad(lse, ((0, 0), (0, 0), (0, Tp - T)), constant_values=jnp.inf)
   delta = jnp.einsum("BTHK,BTHK->BHT", dout, out)  # rowsum(dout * out)
   grad = jax.ShapeDtypeStruct(q.shape, jnp.float32)
   call = jax.ffi.ffi_call(_BACKWARD, (grad, grad, grad), vmap_method="sequential")
-  return call(q, k, v, dout, lse, delta, scale=np.float32(scale))
+  return tuple(g[:, :T] for g in call(q, k, v, dout, lse, delta, scale=np.float32(scale)))
 
 
 def flash_attention(q_BTHK: Array, k_BSHK: Array, v_BSHK: Array, *,
