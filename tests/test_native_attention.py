@@ -125,6 +125,14 @@ def test_flash_cpu_refuses_what_it_does_not_compute(rng):
     native.flash_attention(q, k[:, :5], v[:, :5])
 
 
+def test_flash_cpu_refuses_another_backend(rng, monkeypatch):
+  q, k, v = _qkv(rng, T=13, S=13, K=16)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match=r"impl='flash_cpu': the kernel runs on the CPU "
+                     r"backend, not gpu"):
+    native.flash_attention(q, k, v)
+
+
 def test_build_says_why_it_cannot(tmp_path, monkeypatch):
   monkeypatch.setenv("SEQSCALE_CACHE", str(tmp_path))
   monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
